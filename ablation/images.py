@@ -1,0 +1,96 @@
+"""Reading and resizing images as upstream does, and the pixel space the optimisation runs in.
+
+Pixel space (upstream's ``vgg.preprocess``): RGB float32 in 0-255 minus the weights' mean pixel,
+laid out [1, 3, H, W]. Its inverse clips to 0-255 and truncates to uint8, as upstream's ``imsave``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class ImageError(ValueError):
+    """An input image that cannot be used; the message names the file and the fix."""
+
+
+def read_rgb(path: str | Path, exif_transpose: bool = True) -> np.ndarray:
+    """Read any Pillow-readable image as uint8 RGB [H, W, 3].
+
+    Grey becomes three equal channels and alpha is dropped (upstream's ``imread``); palette and CMYK
+    images are converted to RGB; 16-bit images are scaled to 8 bits (x / 257). With ``exif_transpose``
+    the EXIF orientation is applied, so a phone photo is upright (upstream ignores it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if exif_transpose:
+                img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                wide = np.asarray(img, dtype=np.float64)
+                grey = np.clip(wide / 257.0, 0, 255).astype(np.uint8)
+                return np.repeat(grey[:, :, None], 3, axis=2)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                img = img.convert("RGBA")  # then drop alpha, as upstream does
+            return np.array(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ImageError(f"cannot read {path} as an image ({err}): give a JPEG or PNG file") from err
+
+
+def resize(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """Resize uint8 RGB with Pillow's default resampling (bicubic), as upstream's ``imresize``."""
+    if size_wh == (image.shape[1], image.shape[0]):
+        return image
+    return np.array(Image.fromarray(image).resize(size_wh))
+
+
+def content_size(image: np.ndarray, width: int | None) -> tuple[int, int]:
+    """(w, h) of the content: unchanged without ``width``, else (width, floor(h / w * width))."""
+    h, w = image.shape[:2]
+    if width is None:
+        return w, h
+    return width, int(math.floor(h / w * width))
+
+
+def style_size(style: np.ndarray, content_width: int, style_scale: float) -> tuple[int, int]:
+    """(w, h) of a style image scaled by content_width * style_scale / its own width (upstream)."""
+    h, w = style.shape[:2]
+    factor = content_width * style_scale / w
+    return int(w * factor), int(h * factor)
+
+
+@dataclass(frozen=True)
+class PixelSpace:
+    """RGB 0-255 minus ``mean_pixel``: the space in which upstream optimises and its loss weights hold."""
+
+    mean_pixel: tuple[float, float, float]
+
+    def _mean(self, device: torch.device | str) -> torch.Tensor:
+        return torch.tensor(self.mean_pixel, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def encode(self, image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """uint8 [H, W, 3] -> float32 [1, 3, H, W] in pixel space."""
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(device=device, dtype=torch.float32)
+        return x.permute(2, 0, 1).unsqueeze(0) - self._mean(device)
+
+    def decode(self, x: torch.Tensor) -> np.ndarray:
+        """[1, 3, H, W] (or [3, H, W]) pixel space -> uint8 [H, W, 3]: clip(x + mean, 0, 255), truncated."""
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        rgb = (x.detach().float() + self._mean(x.device)).clamp(0, 255)
+        return rgb[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+
+
+def save_png(image: np.ndarray, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path

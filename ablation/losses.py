@@ -1,0 +1,90 @@
+"""Loss terms of Gatys et al. as anishathalye/neural-style computes them. Pure tensor functions.
+
+Every function keeps the batch axis and returns one value per sample ([B]), so several seeds can be
+optimised as one batch; the backward pass uses the sum, which leaves each sample's gradient unchanged.
+Features are [B, C, H, W]; all reductions run in float32 whatever the features' dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+CONTENT_LAYERS = ("relu4_2", "relu5_2")
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Loss weights with upstream's defaults (neural_style.py)."""
+
+    content_weight: float = 5.0
+    content_blend: float = 1.0  # relu4_2 gets blend, relu5_2 gets 1 - blend
+    style_weight: float = 500.0
+    style_layer_exp: float = 1.0  # style layer k gets exp^k, normalised to sum 1
+    tv_weight: float = 100.0
+
+    def content_layer_weights(self) -> dict[str, float]:
+        return {"relu4_2": self.content_blend, "relu5_2": 1.0 - self.content_blend}
+
+    def style_layer_weights(self) -> dict[str, float]:
+        """w_k = exp^k / sum_j exp^j over relu1_1..relu5_1."""
+        raw = [self.style_layer_exp**k for k in range(len(STYLE_LAYERS))]
+        return {name: w / sum(raw) for name, w in zip(STYLE_LAYERS, raw, strict=True)}
+
+    def read_layers(self) -> list[str]:
+        """Layers whose loss weight is non-zero: the only ones the network must compute."""
+        layers = []
+        if self.content_weight != 0:
+            layers += [n for n, w in self.content_layer_weights().items() if w != 0]
+        if self.style_weight != 0:
+            layers += [n for n, w in self.style_layer_weights().items() if w != 0]
+        return layers
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """G = F^T F / (H * W * C) with F the [H*W, C] feature matrix; [B, C, C], float32."""
+    b, c, h, w = features.shape
+    flat = features.float().reshape(b, c, h * w)
+    return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+
+
+def mean_squared(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """mean((a - b)^2) over every axis but the batch: upstream's 2 * l2_loss(a - b) / size."""
+    return (a.float() - b.float()).pow(2).flatten(1).mean(dim=1)
+
+
+def content_loss(
+    features: Mapping[str, torch.Tensor],
+    targets: Mapping[str, torch.Tensor],
+    layer_weights: Mapping[str, float],
+    content_weight: float,
+) -> torch.Tensor:
+    """content = cw * sum_l w_l * mean((F_l - P_l)^2), over layers with w_l != 0."""
+    terms = [w * mean_squared(features[n], targets[n]) for n, w in layer_weights.items() if w != 0]
+    return content_weight * torch.stack(terms).sum(dim=0)
+
+
+def style_loss(
+    features: Mapping[str, torch.Tensor],
+    target_grams: Sequence[Mapping[str, torch.Tensor]],
+    blend_weights: Sequence[float],
+    layer_weights: Mapping[str, float],
+    style_weight: float,
+) -> torch.Tensor:
+    """style = sw * sum_i blend_i * sum_l w_l * mean((G_l - A_il)^2), A_il the Gram of style image i."""
+    grams = {n: gram(features[n]) for n, w in layer_weights.items() if w != 0}
+    per_style = [
+        blend * torch.stack([layer_weights[n] * mean_squared(g, targets[n]) for n, g in grams.items()]).sum(0)
+        for targets, blend in zip(target_grams, blend_weights, strict=True)
+    ]
+    return style_weight * torch.stack(per_style).sum(dim=0)
+
+
+def tv_loss(image: torch.Tensor, tv_weight: float) -> torch.Tensor:
+    """tv = tvw * (mean(dy^2) + mean(dx^2)) over the 3-channel image [B, 3, H, W]."""
+    dy = image[:, :, 1:, :] - image[:, :, :-1, :]
+    dx = image[:, :, :, 1:] - image[:, :, :, :-1]
+    return tv_weight * (dy.pow(2).flatten(1).mean(dim=1) + dx.pow(2).flatten(1).mean(dim=1))

@@ -1,0 +1,153 @@
+"""VGG feature extractor with upstream's layer names, built from data.
+
+The architecture is a list of stages (convs per stage), as in torchvision's ``models/vgg.py``.
+Layer names and their indices in torchvision's ``features`` (and in a MatConvNet ``layers`` array)
+live here and nowhere else: index ``i`` of :func:`layer_names` is module ``features[i]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+#: Number of 3x3 convolutions in each of the five stages.
+ARCHITECTURES: dict[str, tuple[int, ...]] = {
+    "vgg16": (2, 2, 3, 3, 3),
+    "vgg19": (2, 2, 4, 4, 4),
+}
+STAGE_CHANNELS = (64, 128, 256, 512, 512)
+#: Smallest input side for which every stage still has at least one pixel through relu5_x.
+MIN_IMAGE_SIDE_PX = 16
+
+
+def layer_names(arch: str) -> list[str]:
+    """Upstream's names (conv1_1, relu1_1, ..., pool1, ...) in network order, with the last pool dropped.
+
+    The order is torchvision's ``features`` order and MatConvNet's ``layers`` order.
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown arch {arch!r}: choose one of {sorted(ARCHITECTURES)}")
+    names: list[str] = []
+    for stage, n_convs in enumerate(ARCHITECTURES[arch], start=1):
+        for k in range(1, n_convs + 1):
+            names += [f"conv{stage}_{k}", f"relu{stage}_{k}"]
+        names.append(f"pool{stage}")
+    return names[:-1]  # upstream (and every loss) stops at relu5_x; pool5 is never read
+
+
+def conv_shapes(arch: str) -> list[tuple[str, int, int]]:
+    """(name, in_channels, out_channels) of every conv in network order."""
+    shapes, in_ch = [], 3
+    for stage, n_convs in enumerate(ARCHITECTURES[arch], start=1):
+        out_ch = STAGE_CHANNELS[stage - 1]
+        for k in range(1, n_convs + 1):
+            shapes.append((f"conv{stage}_{k}", in_ch, out_ch))
+            in_ch = out_ch
+    return shapes
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The knobs a variant turns: architecture, pooling, activation, and an optional final activation."""
+
+    arch: str = "vgg19"
+    pooling: str = "max"  # max | avg
+    activation: str = "relu"  # relu | leaky_relu
+    slope: float = 0.2  # leaky_relu only; TensorFlow's tf.nn.leaky_relu default
+    final_activation: str | None = None  # None | tanh: replaces the activation of the deepest read layer
+
+
+def _activation(kind: str, slope: float) -> nn.Module:
+    if kind == "relu":
+        return nn.ReLU()
+    if kind == "leaky_relu":
+        return nn.LeakyReLU(slope)
+    if kind == "tanh":
+        return nn.Tanh()
+    raise ValueError(f"unknown activation {kind!r}: choose relu, leaky_relu or tanh")
+
+
+def _pool(kind: str) -> nn.Module:
+    # TensorFlow 'SAME' 2x2/2 pooling == ceil_mode with no padding; avg divides by in-image cells only.
+    if kind == "max":
+        return nn.MaxPool2d(2, 2, ceil_mode=True)
+    if kind == "avg":
+        return nn.AvgPool2d(2, 2, ceil_mode=True)
+    raise ValueError(f"unknown pooling {kind!r}: choose max or avg")
+
+
+def deepest(arch: str, layers: Iterable[str]) -> str:
+    """The layer, of ``layers``, that comes last in the network."""
+    order = {name: i for i, name in enumerate(layer_names(arch))}
+    missing = [name for name in layers if name not in order]
+    if missing:
+        raise ValueError(f"{arch} has no layer {missing[0]!r}")
+    return max(layers, key=order.__getitem__)
+
+
+class VGGFeatures(nn.Module):
+    """A frozen VGG conv stack truncated after ``last_layer``, returning the requested activations.
+
+    ``convs`` holds (weight [out, in, 3, 3], bias [out]) for every conv of ``spec.arch`` in order;
+    only those up to ``last_layer`` are used.
+    """
+
+    def __init__(
+        self,
+        spec: NetworkSpec,
+        convs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        last_layer: str,
+    ) -> None:
+        super().__init__()
+        names = layer_names(spec.arch)
+        if last_layer not in names:
+            raise ValueError(f"{spec.arch} has no layer {last_layer!r}")
+        self.spec = spec
+        self.last_layer = last_layer
+        self.names = names[: names.index(last_layer) + 1]
+        final_relu = last_layer if spec.final_activation else None
+        if final_relu is not None and not final_relu.startswith("relu"):
+            raise ValueError(f"final activation needs a relu layer, got {final_relu!r}")
+        shapes = {name: (i, o) for name, i, o in conv_shapes(spec.arch)}
+        conv_iter = iter(convs)
+        layers: list[nn.Module] = []
+        for name in self.names:
+            if name.startswith("conv"):
+                weight, bias = next(conv_iter)
+                in_ch, out_ch = shapes[name]
+                if tuple(weight.shape) != (out_ch, in_ch, 3, 3) or tuple(bias.shape) != (out_ch,):
+                    raise ValueError(
+                        f"weights for {name} have shape {tuple(weight.shape)} / {tuple(bias.shape)}, "
+                        f"{spec.arch} needs {(out_ch, in_ch, 3, 3)} / {(out_ch,)}"
+                    )
+                conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+                with torch.no_grad():
+                    conv.weight.copy_(weight)
+                    conv.bias.copy_(bias)
+                layers.append(conv)
+            elif name.startswith("relu"):
+                kind = spec.final_activation if name == final_relu else spec.activation
+                layers.append(_activation(kind, spec.slope))
+            else:
+                layers.append(_pool(spec.pooling))
+        self.layers = nn.ModuleList(layers)
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def final_layer_activation(self) -> nn.Module:
+        return self.layers[-1]
+
+    def forward(self, image: torch.Tensor, wanted: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Activations of the ``wanted`` layers for ``image`` [B, 3, H, W] in pixel space."""
+        wanted = set(wanted)
+        out: dict[str, torch.Tensor] = {}
+        x = image
+        for name, layer in zip(self.names, self.layers, strict=True):
+            x = layer(x)
+            if name in wanted:
+                out[name] = x
+        return out

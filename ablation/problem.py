@@ -1,0 +1,110 @@
+"""From a RunSpec to what the loop needs: weights, images in pixel space, the network and its targets.
+
+No Hydra or MLflow here, so the run, the benchmark, the judge and a notebook share one way in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ablation.data import file_sha256, resolve_image
+from ablation.images import ImageError, PixelSpace, content_size, read_rgb, resize, style_size
+from ablation.network import MIN_IMAGE_SIDE_PX, VGGFeatures
+from ablation.spec import ImagesSpec, RunSpec
+from ablation.transfer import Targets, compute_targets, initial_image
+from ablation.weights import VGGWeights, load_weights
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: cuda, then mps, then cpu; otherwise the named device, refused if absent."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"run.device={name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"run.device={name!r} but torch sees no CUDA device: use run.device=auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"run.device={name!r} but MPS is not available: use run.device=auto or cpu")
+    return device
+
+
+@dataclass
+class InputImages:
+    """The inputs as uint8 RGB after upstream's resizing, with the files they came from."""
+
+    content: np.ndarray
+    styles: list[np.ndarray]
+    paths: list[Path]  # content first
+    sha256: list[str]
+
+
+def load_images(spec: ImagesSpec) -> InputImages:
+    """Content resized to ``width`` (if set); each style to content width * its scale (upstream)."""
+    paths = [resolve_image(spec.content)] + [resolve_image(s) for s in spec.styles]
+    content = read_rgb(paths[0], spec.exif_transpose)
+    content = resize(content, content_size(content, spec.width))
+    styles = []
+    for path, scale in zip(paths[1:], spec.style_scales, strict=True):
+        style = read_rgb(path, spec.exif_transpose)
+        styles.append(resize(style, style_size(style, content.shape[1], scale)))
+    for path, image in zip(paths, [content, *styles], strict=True):
+        if min(image.shape[:2]) < MIN_IMAGE_SIDE_PX:
+            raise ImageError(
+                f"{path} is {image.shape[1]}x{image.shape[0]} px after resizing: the network needs at least "
+                f"{MIN_IMAGE_SIDE_PX} px on each side (raise images.width or the style scale)"
+            )
+    return InputImages(content, styles, paths, [file_sha256(p) for p in paths])
+
+
+@dataclass
+class Problem:
+    """Everything fixed during one transfer."""
+
+    spec: RunSpec
+    device: torch.device
+    weights: VGGWeights
+    images: InputImages
+    pixels: PixelSpace
+    net: VGGFeatures
+    content: torch.Tensor  # [1, 3, H, W] pixel space
+    targets: Targets
+
+    def start_image(self, seeds: list[int]) -> torch.Tensor:
+        """Initial image for each seed (upstream's noise, the content, or an image file)."""
+        init = self.spec.init
+        if init == "noise":
+            base = None
+        elif init == "content":
+            base = self.content
+        else:
+            h, w = self.images.content.shape[:2]
+            picture = resize(read_rgb(resolve_image(init), self.spec.images.exif_transpose), (w, h))
+            base = self.pixels.encode(picture, self.device)
+        return initial_image(self.content, seeds, base, self.spec.init_noise_blend)
+
+
+def build_network(spec: RunSpec, weights: VGGWeights, device: torch.device) -> VGGFeatures:
+    return VGGFeatures(spec.network, weights.convs, spec.last_layer).to(device)
+
+
+def prepare(spec: RunSpec, device: torch.device, weights: VGGWeights | None = None) -> Problem:
+    """Load weights (unless given) and images, build the truncated network, compute the targets."""
+    if weights is None:
+        weights = load_weights(spec.weights.source, spec.network.arch, **spec.weights.options)
+    images = load_images(spec.images)
+    pixels = PixelSpace(weights.mean_pixel)
+    net = build_network(spec, weights, device)
+    content = pixels.encode(images.content, device)
+    styles = [pixels.encode(s, device) for s in images.styles]
+    targets = compute_targets(net, content, styles, spec.loss, spec.images.style_blend)
+    return Problem(spec, device, weights, images, pixels, net, content, targets)

@@ -1,0 +1,186 @@
+"""A run as typed, validated data, built from the resolved Hydra config.
+
+Validation lives here so every bad value is refused before anything is loaded or computed, with a
+message that names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ablation.losses import LossWeights
+from ablation.network import ARCHITECTURES, NetworkSpec, deepest
+from ablation.transfer import AdamSettings, EngineOptions
+from ablation.weights import SOURCES
+
+
+class SpecError(ValueError):
+    """A configuration value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class ImagesSpec:
+    content: str
+    styles: tuple[str, ...]
+    style_scales: tuple[float, ...]
+    style_blend: tuple[float, ...] | None
+    width: int | None
+    exif_transpose: bool = True
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    source: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    variant: str
+    network: NetworkSpec
+    loss: LossWeights
+    adam: AdamSettings
+    engine: EngineOptions
+    images: ImagesSpec
+    weights: WeightsSpec
+    iterations: int
+    seed: int
+    device: str
+    init: str
+    init_noise_blend: float | None
+    log_every: int
+    sync_every: int
+    checkpoint_every: int
+    quiet: bool
+
+    @property
+    def last_layer(self) -> str:
+        """Where the network is truncated: the deepest layer with a non-zero loss weight."""
+        return deepest(self.network.arch, self.loss.read_layers())
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise SpecError(message)
+
+
+def _number(section: dict, key: str, where: str, kind: type = float) -> Any:
+    value = section.get(key)
+    try:
+        if isinstance(value, bool) or value is None:
+            raise TypeError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"{where}.{key}={value!r} is not a {kind.__name__}") from None
+
+
+def _floats(values: Any, key: str) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    if isinstance(values, (str, int, float)):
+        values = [values]
+    try:
+        return tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise SpecError(f"{key}={values!r}: give a list of numbers") from None
+
+
+def from_config(cfg: dict[str, Any]) -> RunSpec:
+    """Build and validate a :class:`RunSpec` from a resolved config (a plain dict)."""
+    run, loss, optim = cfg["run"], cfg["loss"], cfg["optim"]
+    variant, images, weights = cfg["variant"], cfg["images"], cfg["weights"]
+
+    arch = variant.get("arch")
+    _require(arch in ARCHITECTURES, f"variant.arch={arch!r}: choose one of {sorted(ARCHITECTURES)}")
+    _require(variant.get("pooling") in ("max", "avg"), f"variant.pooling={variant.get('pooling')!r}: choose max or avg")
+    _require(
+        variant.get("activation") in ("relu", "leaky_relu"),
+        f"variant.activation={variant.get('activation')!r}: choose relu or leaky_relu",
+    )
+    _require(
+        variant.get("final_activation") in (None, "tanh"),
+        f"variant.final_activation={variant.get('final_activation')!r}: choose null or tanh",
+    )
+    network = NetworkSpec(
+        arch=arch,
+        pooling=variant["pooling"],
+        activation=variant["activation"],
+        slope=_number(variant, "slope", "variant"),
+        final_activation=variant.get("final_activation"),
+    )
+
+    weights_ = LossWeights(**{k: _number(loss, k, "loss") for k in LossWeights.__dataclass_fields__})
+    for key in ("content_weight", "style_weight", "tv_weight", "style_layer_exp"):
+        _require(getattr(weights_, key) >= 0, f"loss.{key}={getattr(weights_, key)} must be >= 0")
+    _require(0 <= weights_.content_blend <= 1, f"loss.content_blend={weights_.content_blend} must be in [0, 1]")
+    _require(
+        bool(weights_.read_layers()),
+        "loss.content_weight and loss.style_weight are both 0: no layer would be read",
+    )
+
+    adam = AdamSettings(**{k: _number(optim, k, "optim") for k in AdamSettings.__dataclass_fields__})
+    _require(adam.lr > 0, f"optim.lr={adam.lr} must be > 0")
+    _require(0 <= adam.beta1 < 1 and 0 <= adam.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
+    _require(adam.eps > 0, f"optim.eps={adam.eps} must be > 0")
+
+    styles = images.get("styles")
+    if isinstance(styles, str):
+        styles = [styles]
+    _require(bool(styles), "images.styles is empty: give at least one style image")
+    scales = _floats(images.get("style_scales"), "images.style_scales") or (1.0,) * len(styles)
+    _require(len(scales) == len(styles), f"images.style_scales has {len(scales)} values for {len(styles)} styles")
+    _require(all(s > 0 for s in scales), f"images.style_scales={list(scales)} must be > 0")
+    blend = _floats(images.get("style_blend"), "images.style_blend")
+    if blend is not None:
+        _require(len(blend) == len(styles), f"images.style_blend has {len(blend)} values for {len(styles)} styles")
+        _require(all(b >= 0 for b in blend), f"images.style_blend={list(blend)} must be >= 0")
+        _require(sum(blend) > 0, f"images.style_blend={list(blend)} sums to 0: give at least one positive weight")
+    width = images.get("width")
+    if width is not None:
+        width = _number(images, "width", "images", int)
+        _require(width > 0, f"images.width={width} must be > 0")
+    images_ = ImagesSpec(
+        content=str(images.get("content")),
+        styles=tuple(str(s) for s in styles),
+        style_scales=scales,
+        style_blend=blend,
+        width=width,
+        exif_transpose=bool(images.get("exif_transpose", True)),
+    )
+
+    source = weights.get("source")
+    _require(source in SOURCES, f"weights.source={source!r}: choose one of {', '.join(SOURCES)}")
+    if source in ("matconvnet", "file"):
+        _require(weights.get("path") not in (None, "", "???"), f"weights={source} needs weights.path=/path/to/file")
+
+    iterations = _number(run, "iterations", "run", int)
+    _require(iterations > 0, f"run.iterations={iterations} must be > 0")
+    for key in ("log_every", "sync_every"):
+        _require(_number(run, key, "run", int) > 0, f"run.{key}={run[key]} must be > 0")
+    _require(_number(run, "checkpoint_every", "run", int) >= 0, "run.checkpoint_every must be >= 0")
+    noise_blend = run.get("init_noise_blend")
+    if noise_blend is not None:
+        noise_blend = _number(run, "init_noise_blend", "run")
+        _require(0 <= noise_blend <= 1, f"run.init_noise_blend={noise_blend} must be in [0, 1]")
+    precision = run.get("precision", "fp32")
+    _require(precision in ("fp32", "bf16"), f"run.precision={precision!r}: choose fp32 or bf16")
+
+    return RunSpec(
+        variant=str(variant.get("name", "custom")),
+        network=network,
+        loss=weights_,
+        adam=adam,
+        engine=EngineOptions(precision=precision, channels_last=bool(run.get("channels_last", False))),
+        images=images_,
+        weights=WeightsSpec(source, {k: v for k, v in weights.items() if k != "source"}),
+        iterations=iterations,
+        seed=_number(run, "seed", "run", int),
+        device=str(run.get("device", "auto")),
+        init=str(run.get("init", "noise")),
+        init_noise_blend=noise_blend,
+        log_every=int(run["log_every"]),
+        sync_every=int(run["sync_every"]),
+        checkpoint_every=int(run["checkpoint_every"]),
+        quiet=bool(run.get("quiet", False)),
+    )

@@ -1,0 +1,233 @@
+"""The optimisation loop: targets once, then Adam on the pixels, yielding progress to the caller.
+
+Shape as upstream's ``stylize()``: a generator, so the caller decides what to print, log or save.
+Unlike upstream the network is built once (by the caller), there is no global state, loss values stay
+on the device and are fetched once per yield, and several seeds can run as one batch ([B, 3, H, W]).
+
+Step k's losses are those of the image after k Adam steps, k = 0..iterations: the forward pass that
+gives step k's gradient also gives its losses, and one extra forward scores the final image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ablation.losses import (
+    STYLE_LAYERS,
+    LossWeights,
+    content_loss,
+    gram,
+    style_loss,
+    tv_loss,
+)
+from ablation.network import VGGFeatures
+
+LOSS_NAMES = ("content", "style", "tv", "total")
+NOISE_SCALE = 0.256  # upstream: tf.random_normal(shape) * 0.256, in pixel space
+
+
+class DivergenceError(RuntimeError):
+    """A loss became NaN or Inf; ``step`` is the first such step."""
+
+    def __init__(self, step: int, state: TransferState) -> None:
+        super().__init__(f"the loss became NaN/Inf at step {step}: lower optim.lr or the loss weights")
+        self.step = step
+        self.state = state
+
+
+@dataclass(frozen=True)
+class AdamSettings:
+    """Upstream's Adam (neural_style.py defaults)."""
+
+    lr: float = 10.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Speed settings that do not change what is computed, except ``precision`` (fp32 | bf16)."""
+
+    precision: str = "fp32"
+    channels_last: bool = False
+
+
+@dataclass
+class Targets:
+    """What the loss compares against: content activations and each style image's Grams."""
+
+    content: dict[str, torch.Tensor]
+    grams: list[dict[str, torch.Tensor]]
+    style_blend: list[float]
+    weights: LossWeights
+
+
+def normalised_blend(blend: Sequence[float] | None, n_styles: int) -> list[float]:
+    """Style blend weights normalised to sum 1 (equal when not given), as upstream."""
+    raw = [1.0] * n_styles if blend is None else [float(b) for b in blend]
+    return [b / sum(raw) for b in raw]
+
+
+@torch.no_grad()
+def compute_targets(
+    net: VGGFeatures,
+    content: torch.Tensor,
+    styles: Sequence[torch.Tensor],
+    weights: LossWeights,
+    style_blend: Sequence[float] | None = None,
+) -> Targets:
+    """Content activations and style Grams, each computed once, in pixel space."""
+    content_layers = [n for n, w in weights.content_layer_weights().items() if w != 0]
+    style_layers = [n for n, w in weights.style_layer_weights().items() if w != 0]
+    content_feats = net(content, content_layers) if weights.content_weight else {}
+    grams = []
+    for style in styles:
+        feats = net(style, style_layers) if weights.style_weight else {}
+        grams.append({n: gram(f) for n, f in feats.items()})
+    return Targets(content_feats, grams, normalised_blend(style_blend, len(styles)), weights)
+
+
+def loss_terms(
+    net: VGGFeatures, image: torch.Tensor, targets: Targets, options: EngineOptions = EngineOptions()
+) -> torch.Tensor:
+    """[B, 4] float32: content, style, tv and total loss of each image in the batch."""
+    w = targets.weights
+    batch = image.shape[0]
+    zero = image.new_zeros(batch)
+    net_input = image.contiguous(memory_format=torch.channels_last) if options.channels_last else image
+    autocast = (
+        torch.autocast(image.device.type, dtype=torch.bfloat16) if options.precision == "bf16" else nullcontext()
+    )
+    with autocast:
+        feats = net(net_input, w.read_layers())
+    content = (
+        content_loss(feats, targets.content, w.content_layer_weights(), w.content_weight)
+        if targets.content
+        else zero
+    )
+    style = (
+        style_loss(feats, targets.grams, targets.style_blend, w.style_layer_weights(), w.style_weight)
+        if targets.grams and targets.grams[0]
+        else zero
+    )
+    tv = tv_loss(image, w.tv_weight)
+    return torch.stack([content, style, tv, content + style + tv], dim=1)
+
+
+def initial_image(
+    content: torch.Tensor,
+    seeds: Sequence[int],
+    init: torch.Tensor | None = None,
+    noise_blend: float | None = None,
+) -> torch.Tensor:
+    """[len(seeds), 3, H, W]: upstream's start, image*(1-b) + noise*b with noise = N(0,1)*0.256.
+
+    ``init=None`` is upstream's default: pure noise (b=1), or the content blended with noise when
+    ``noise_blend`` < 1 is given. With an initial image (content or a file) b defaults to 0.
+    Each seed draws its own noise on the CPU, so a batch equals its seeds run one by one.
+    """
+    shape = content.shape[1:]
+    noise = torch.stack(
+        [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) * NOISE_SCALE for s in seeds]
+    ).to(content.device)
+    base = content if init is None else init
+    blend = (1.0 if init is None else 0.0) if noise_blend is None else float(noise_blend)
+    return base * (1.0 - blend) + noise * blend
+
+
+@dataclass
+class TransferState:
+    """Everything the loop needs to continue: checkpoint it to resume after an interruption."""
+
+    image: torch.Tensor  # [B, 3, H, W], the current image (after ``step`` steps)
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    best_image: torch.Tensor | None = None
+    best_total: torch.Tensor | None = None  # [B]
+    best_step: torch.Tensor | None = None  # [B]
+    adam: AdamSettings = AdamSettings()
+
+
+def new_state(image: torch.Tensor, adam: AdamSettings = AdamSettings()) -> TransferState:
+    param = image.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([param], lr=adam.lr, betas=(adam.beta1, adam.beta2), eps=adam.eps)
+    return TransferState(param, optimizer, adam=adam)
+
+
+def set_tf1_epsilon(optimizer: torch.optim.Optimizer, adam: AdamSettings, t: int) -> None:
+    """Make torch's Adam step ``t`` (1-based) equal TensorFlow 1's, which upstream uses.
+
+    TF1: x -= lr * sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps). torch: x -= lr/(1-b1^t) * m /
+    (sqrt(v)/sqrt(1-b2^t) + eps'). They agree when eps' = eps / sqrt(1-b2^t); the difference matters
+    where gradients are tiny (the first step moves such pixels by 0.97 lr instead of 0.76 lr).
+    """
+    for group in optimizer.param_groups:
+        group["eps"] = adam.eps / (1.0 - adam.beta2**t) ** 0.5
+
+
+@dataclass
+class Progress:
+    """Yielded at sync points. ``losses[i]`` [B, 4] belongs to step ``steps[i]``; ``state.image`` is
+    the image after ``step`` steps; ``done`` on the last yield, when ``state.image`` is final."""
+
+    step: int
+    steps: np.ndarray
+    losses: np.ndarray
+    state: TransferState
+    done: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def stylize(
+    net: VGGFeatures,
+    targets: Targets,
+    state: TransferState,
+    iterations: int,
+    log_every: int = 1,
+    sync_every: int = 10,
+    options: EngineOptions = EngineOptions(),
+) -> Iterator[Progress]:
+    """Run Adam from ``state.step`` to ``iterations``, yielding every ``sync_every`` steps and at the end.
+
+    The best image is the lowest-total one seen at steps divisible by ``log_every`` (and the last),
+    kept on the device with ``torch.where`` so no step waits for the host.
+    """
+    x, opt = state.image, state.optimizer
+    history = torch.zeros(iterations + 1, x.shape[0], 4, device=x.device)
+    if state.best_total is None:
+        state.best_total = torch.full((x.shape[0],), float("inf"), device=x.device)
+        state.best_step = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        state.best_image = x.detach().clone()
+    synced = state.step - 1
+    for step in range(state.step, iterations + 1):
+        last = step == iterations
+        with torch.no_grad() if last else nullcontext():
+            opt.zero_grad(set_to_none=True)
+            terms = loss_terms(net, x, targets, options)
+            if not last:
+                terms[:, 3].sum().backward()
+        history[step] = terms.detach()
+        if step % log_every == 0 or last:
+            better = terms[:, 3].detach() < state.best_total
+            state.best_total = torch.where(better, terms[:, 3].detach(), state.best_total)
+            state.best_step = torch.where(better, torch.full_like(state.best_step, step), state.best_step)
+            state.best_image = torch.where(better.view(-1, 1, 1, 1), x.detach(), state.best_image)
+        state.step = step
+        if last or step % sync_every == 0:
+            rows = history[synced + 1 : step + 1].cpu().numpy()
+            steps = np.arange(synced + 1, step + 1)
+            bad = ~np.isfinite(rows).all(axis=(1, 2))
+            if bad.any():
+                raise DivergenceError(int(steps[bad.argmax()]), state)
+            synced = step
+            yield Progress(step, steps, rows, state, done=last)
+        if not last:
+            set_tf1_epsilon(opt, state.adam, step + 1)
+            opt.step()
+            state.step = step + 1

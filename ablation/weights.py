@@ -1,0 +1,230 @@
+"""Where VGG weights come from, and the mean pixel that goes with them.
+
+Every source returns :class:`VGGWeights`: the conv kernels in torch's [out, in, 3, 3] layout, in network
+order, for input in upstream's pixel space (RGB 0-255 minus ``mean_pixel``). Weights trained on
+torchvision's normalised input ((x/255 - mean)/std) have 1/(255*std) folded into conv1_1 so that the
+optimisation, the loss weights and the learning rate keep upstream's meaning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import re
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ablation.network import conv_shapes, layer_names
+
+#: upstream's (and Caffe VGG's) ImageNet mean pixel, RGB 0-255.
+CAFFE_MEAN_PIXEL = (123.68, 116.779, 103.939)
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+SOURCES = ("torchvision", "matconvnet", "file", "random")
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be obtained or do not fit; the message says what to do instead."""
+
+
+@dataclass
+class VGGWeights:
+    arch: str
+    convs: list[tuple[torch.Tensor, torch.Tensor]]
+    mean_pixel: tuple[float, float, float]
+    source: str
+    sha256: str
+    location: str = ""  # file the weights came from, if any
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_tensors(convs: list[tuple[torch.Tensor, torch.Tensor]]) -> str:
+    digest = hashlib.sha256()
+    for weight, bias in convs:
+        digest.update(weight.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(bias.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def fold_torchvision_normalisation(
+    convs: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], tuple[float, float, float]]:
+    """Fold (x/255 - mean)/std into conv1_1: x_pixel = x - 255*mean, so conv1_1's input channel c is
+    scaled by 1/(255*std_c). Returns the new convs and the mean pixel 255*mean."""
+    weight, bias = convs[0]
+    scale = torch.tensor([1.0 / (255.0 * s) for s in TORCHVISION_STD], dtype=weight.dtype)
+    folded = [(weight * scale.view(1, 3, 1, 1), bias)] + list(convs[1:])
+    return folded, tuple(255.0 * m for m in TORCHVISION_MEAN)  # type: ignore[return-value]
+
+
+def random_weights(arch: str, seed: int = 0) -> VGGWeights:
+    """Seeded He-normal weights: for tests and offline smoke runs only (their results mean nothing).
+
+    Recipe (also that of the upstream reference in ``shared/reference``): numpy RandomState(seed); per
+    conv in order, w = N(0,1)[out, in, 3, 3] * sqrt(2 / (9 * in)), b = N(0,1)[out] * 0.5, float32.
+    """
+    rs = np.random.RandomState(seed)
+    convs = []
+    for _, in_ch, out_ch in conv_shapes(arch):
+        w = (rs.standard_normal((out_ch, in_ch, 3, 3)) * np.sqrt(2.0 / (9 * in_ch))).astype(np.float32)
+        b = (rs.standard_normal(out_ch) * 0.5).astype(np.float32)
+        convs.append((torch.from_numpy(w), torch.from_numpy(b)))
+    return VGGWeights(arch, convs, CAFFE_MEAN_PIXEL, "random", sha256_tensors(convs), f"seed={seed}")
+
+
+def _convs_from_state_dict(state: dict[str, torch.Tensor], arch: str, origin: str) -> list:
+    """Pick features.N.weight / N.weight for every conv of ``arch`` (N = torchvision's index)."""
+    names = layer_names(arch)
+    by_index: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        match = re.fullmatch(r"(?:features\.)?(\d+)\.(weight|bias)", key)
+        if match:
+            by_index.setdefault(int(match[1]), {})[match[2]] = value
+    convs = []
+    for name, in_ch, out_ch in conv_shapes(arch):
+        index = names.index(name)
+        entry = by_index.get(index, {})
+        if "weight" not in entry or "bias" not in entry:
+            raise WeightsError(
+                f"{origin} has no features.{index}.weight/bias for {name}: it is not a torchvision-layout "
+                f"{arch} state dict (keys found: {sorted(state)[:4]}...)"
+            )
+        weight, bias = entry["weight"].float(), entry["bias"].float()
+        if tuple(weight.shape) != (out_ch, in_ch, 3, 3):
+            raise WeightsError(
+                f"{origin}: {name} (features.{index}.weight) has shape {tuple(weight.shape)}, "
+                f"{arch} needs {(out_ch, in_ch, 3, 3)}: wrong architecture?"
+            )
+        convs.append((weight, bias.reshape(-1)))
+    return convs
+
+
+def torchvision_weights(arch: str) -> VGGWeights:
+    """torchvision's IMAGENET1K_V1 weights, downloaded once into torch's hub cache."""
+    import torchvision.models as tvm
+
+    enum = {"vgg19": tvm.VGG19_Weights, "vgg16": tvm.VGG16_Weights}[arch].IMAGENET1K_V1
+    cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    cached = cache_dir / Path(enum.url).name
+    try:
+        state = enum.get_state_dict(progress=True, check_hash=False)
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as err:
+        raise WeightsError(
+            f"cannot download the weights {enum.url} ({getattr(err, 'reason', err)}): put that file at "
+            f"{cached}, or use weights=matconvnet weights.path=imagenet-vgg-verydeep-19.mat, "
+            f"weights=file weights.path=STATE_DICT.pth, or weights=random (smoke tests only)"
+        ) from err
+    convs, mean_pixel = fold_torchvision_normalisation(_convs_from_state_dict(state, arch, str(cached)))
+    sha = sha256_file(cached) if cached.is_file() else sha256_tensors(convs)
+    return VGGWeights(arch, convs, mean_pixel, "torchvision", sha, str(cached))
+
+
+def file_weights(
+    arch: str, path: str | Path, preprocessing: str = "torch", mean_pixel: tuple | None = None
+) -> VGGWeights:
+    """A torchvision-layout state dict (``features.N.weight`` or ``N.weight``).
+
+    ``preprocessing=torch``: trained on (x/255 - mean)/std like torchvision's (folded into conv1_1);
+    ``preprocessing=caffe``: trained on 0-255 RGB minus ``mean_pixel`` (upstream's space, used as is).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a non-checkpoint file
+        raise WeightsError(f"cannot read {path} as a torch state dict ({type(err).__name__}): {err}") from err
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
+    convs = _convs_from_state_dict(state, arch, str(path))
+    if preprocessing == "torch":
+        convs, pixel = fold_torchvision_normalisation(convs)
+    elif preprocessing == "caffe":
+        pixel = tuple(float(v) for v in (mean_pixel or CAFFE_MEAN_PIXEL))
+    else:
+        raise WeightsError(f"weights.preprocessing={preprocessing!r}: choose torch or caffe")
+    return VGGWeights(arch, convs, pixel, "file", sha256_file(path), str(path), {"preprocessing": preprocessing})
+
+
+def _field(record: np.void, name: str, position: int):
+    names = record.dtype.names or ()
+    return record[name] if name in names else record[position]
+
+
+def matconvnet_weights(arch: str, path: str | Path) -> VGGWeights:
+    """imagenet-vgg-verydeep-19.mat (or -16) read exactly as upstream's ``vgg.load_net``.
+
+    Both file formats: old (top-level ``normalization``) and new (``meta.normalization``). MatConvNet
+    stores kernels [w, h, in, out]; upstream transposes (1, 0, 2, 3) to TensorFlow's [h, w, in, out],
+    which is torch's [out, in, h, w] after (3, 2, 0, 1). The mean pixel comes from the file.
+    """
+    import scipy.io
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(
+            f"MatConvNet file not found: {path} (download imagenet-vgg-verydeep-19.mat from "
+            "https://www.vlfeat.org/matconvnet/pretrained/ and pass weights.path=...)"
+        )
+    try:
+        data = scipy.io.loadmat(str(path))
+    except Exception as err:  # scipy raises ValueError, TypeError, MatReadError... for non-.mat input
+        raise WeightsError(f"cannot read {path} as a MatConvNet .mat file ({type(err).__name__}: {err})") from err
+    if "layers" not in data:
+        raise WeightsError(f"{path} has no 'layers' array: not a MatConvNet VGG file")
+    if "normalization" in data:  # old format
+        average = _field(data["normalization"][0][0], "averageImage", 0)
+    elif "meta" in data:  # new format
+        average = _field(data["meta"][0][0]["normalization"][0][0], "averageImage", 2)
+    else:
+        raise WeightsError(f"{path} has neither 'normalization' nor 'meta': not a MatConvNet VGG file")
+    mean_pixel = tuple(float(v) for v in np.asarray(average, dtype=np.float64).reshape(-1, 3).mean(axis=0))
+    layers = data["layers"][0]
+    names = layer_names(arch)
+    if len(layers) < len(names):
+        raise WeightsError(f"{path} has {len(layers)} layers, {arch} needs at least {len(names)}: wrong file?")
+    convs = []
+    for name, in_ch, out_ch in conv_shapes(arch):
+        record = layers[names.index(name)][0][0]
+        file_name = str(np.squeeze(_field(record, "name", 3))) if "name" in (record.dtype.names or ()) else name
+        if file_name != name:
+            raise WeightsError(
+                f"{path}: layer {names.index(name)} is {file_name!r} where {arch} has {name!r}: "
+                "is this the -16 or the -19 file? (variant.arch must match it)"
+            )
+        kernels, bias = _field(record, "weights", 0)[0]
+        kernels = np.transpose(np.asarray(kernels, dtype=np.float32), (1, 0, 2, 3))  # upstream's transpose
+        if kernels.shape != (3, 3, in_ch, out_ch):
+            raise WeightsError(
+                f"{path}: {name} has kernels {kernels.shape} (h, w, in, out), {arch} needs {(3, 3, in_ch, out_ch)}"
+            )
+        weight = torch.from_numpy(np.ascontiguousarray(kernels.transpose(3, 2, 0, 1)))
+        convs.append((weight, torch.from_numpy(np.asarray(bias, dtype=np.float32).reshape(-1))))
+    return VGGWeights(arch, convs, mean_pixel, "matconvnet", sha256_file(path), str(path))
+
+
+def load_weights(source: str, arch: str, **options) -> VGGWeights:
+    """Dispatch on ``source`` (one of :data:`SOURCES`) with that source's options."""
+    if source == "torchvision":
+        return torchvision_weights(arch)
+    if source == "matconvnet":
+        return matconvnet_weights(arch, options["path"])
+    if source == "file":
+        return file_weights(arch, options["path"], options.get("preprocessing", "torch"), options.get("mean_pixel"))
+    if source == "random":
+        return random_weights(arch, int(options.get("seed", 0)))
+    raise WeightsError(f"unknown weights source {source!r}: choose one of {', '.join(SOURCES)}")
