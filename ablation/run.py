@@ -10,6 +10,7 @@ This is the only module (with sweep.py) that knows both Hydra and MLflow; the en
 from __future__ import annotations
 
 import csv
+import math
 import resource
 import sys
 import time
@@ -68,11 +69,13 @@ def transfer_and_log(spec: RunSpec, problem: Problem, log: tracking.RunLog, setu
     """Run the loop, logging step losses in batches, checkpoint images, and the final results."""
     state = new_state(problem.start_image([spec.seed]), spec.adam)
     history: list[np.ndarray] = []
+    # yield at every checkpoint step too, so its image can be saved
+    sync_every = math.gcd(spec.sync_every, spec.checkpoint_every) if spec.checkpoint_every else spec.sync_every
     bar = tqdm(total=spec.iterations, disable=spec.quiet, unit="it", dynamic_ncols=True, file=sys.stderr)
     loop_start = time.perf_counter()
     with tracking.scratch_dir() as scratch:
         for progress in stylize(
-            problem.net, problem.targets, state, spec.iterations, spec.log_every, spec.sync_every, spec.engine
+            problem.net, problem.targets, state, spec.iterations, spec.log_every, sync_every, spec.engine
         ):
             rows = progress.losses[:, 0, :]
             logged = (progress.steps % spec.log_every == 0) | (progress.steps == spec.iterations)
@@ -80,7 +83,11 @@ def transfer_and_log(spec: RunSpec, problem: Problem, log: tracking.RunLog, setu
             history.append(np.column_stack([progress.steps, rows]))
             bar.update(progress.step - bar.n)
             bar.set_postfix({k: f"{v:.4g}" for k, v in zip(LOSS_NAMES, rows[-1], strict=True)}, refresh=False)
-            if spec.checkpoint_every and progress.step % spec.checkpoint_every == 0 and not progress.done:
+            if (
+                spec.checkpoint_every
+                and progress.step % spec.checkpoint_every == 0
+                and 0 < progress.step < spec.iterations
+            ):
                 name = f"step_{progress.step:06d}.png"
                 log.artifact(save_png(problem.pixels.decode(state.image), Path(scratch) / name), "checkpoints")
         loop_s = time.perf_counter() - loop_start

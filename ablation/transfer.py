@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from ablation.losses import (
-    STYLE_LAYERS,
     LossWeights,
     content_loss,
     gram,
@@ -101,15 +100,11 @@ def loss_terms(
     batch = image.shape[0]
     zero = image.new_zeros(batch)
     net_input = image.contiguous(memory_format=torch.channels_last) if options.channels_last else image
-    autocast = (
-        torch.autocast(image.device.type, dtype=torch.bfloat16) if options.precision == "bf16" else nullcontext()
-    )
+    autocast = torch.autocast(image.device.type, dtype=torch.bfloat16) if options.precision == "bf16" else nullcontext()
     with autocast:
         feats = net(net_input, w.read_layers())
     content = (
-        content_loss(feats, targets.content, w.content_layer_weights(), w.content_weight)
-        if targets.content
-        else zero
+        content_loss(feats, targets.content, w.content_layer_weights(), w.content_weight) if targets.content else zero
     )
     style = (
         style_loss(feats, targets.grams, targets.style_blend, w.style_layer_weights(), w.style_weight)

@@ -195,10 +195,10 @@ def matconvnet_weights(arch: str, path: str | Path) -> VGGWeights:
     mean_pixel = tuple(float(v) for v in np.asarray(average, dtype=np.float64).reshape(-1, 3).mean(axis=0))
     layers = data["layers"][0]
     names = layer_names(arch)
-    if len(layers) < len(names):
-        raise WeightsError(f"{path} has {len(layers)} layers, {arch} needs at least {len(names)}: wrong file?")
     convs = []
     for name, in_ch, out_ch in conv_shapes(arch):
+        if names.index(name) >= len(layers):
+            raise WeightsError(f"{path} has {len(layers)} layers, {arch} needs {name} at {names.index(name)}")
         record = layers[names.index(name)][0][0]
         file_name = str(np.squeeze(_field(record, "name", 3))) if "name" in (record.dtype.names or ()) else name
         if file_name != name:

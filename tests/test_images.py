@@ -1,0 +1,40 @@
+"""Upstream's resizing rules and the pixel space."""
+
+import numpy as np
+import pytest
+import torch
+
+from ablation.images import PixelSpace, content_size, style_size
+from ablation.problem import load_images
+from ablation.spec import ImagesSpec
+
+
+def test_content_width_sets_floor_height():
+    # the report's content is 400x533 (w x h): width 64 -> floor(533 / 400 * 64) = floor(85.28) = 85
+    assert content_size(np.zeros((533, 400, 3)), 64) == (64, 85)
+    assert content_size(np.zeros((533, 400, 3)), None) == (400, 533)
+
+
+def test_style_scaled_to_content_width_times_scale():
+    # Starry Night is 640x507: to a 64 px content at scale 1 -> factor 0.1 -> 64 x int(50.7) = 50
+    assert style_size(np.zeros((507, 640, 3)), 64, 1.0) == (64, 50)
+    assert style_size(np.zeros((507, 640, 3)), 64, 0.5) == (32, 25)
+
+
+def test_report_pair_loads_at_the_reports_sizes(shared, monkeypatch):
+    monkeypatch.setenv("ABLATION_DATA_DIR", str(shared / "data"))
+    images = load_images(ImagesSpec("starry-content.jpg", ("starry-style.jpg",), (1.0,), None, None))
+    assert images.content.shape == (533, 400, 3)  # kept at full size without images.width
+    assert images.styles[0].shape == (316, 400, 3)  # 640x507 scaled by 400/640 -> 400 x int(316.875)
+    assert images.sha256[0] == "bac8cf149573b86f11f33724574884cb0dbf360b775fe124c6d59bd8483632da"
+
+
+def test_pixel_space_round_trip_and_truncation():
+    pixels = PixelSpace((123.68, 116.779, 103.939))
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    x = pixels.encode(image)
+    assert x.shape == (1, 3, 5, 7) and x[0, 0, 0, 0].item() == pytest.approx(image[0, 0, 0] - 123.68, abs=1e-4)
+    assert np.array_equal(pixels.decode(x), image)
+    # 200.9 - mean + mean truncates to 200 (upstream casts to uint8); out-of-range values clip
+    odd = torch.tensor([200.9 - 123.68, -500.0, 900.0]).view(1, 3, 1, 1)
+    assert pixels.decode(odd)[0, 0].tolist() == [200, 0, 255]

@@ -1,0 +1,77 @@
+"""Each variant builds exactly the expected modules: pooling, activations, the tanh, the truncation point."""
+
+import pytest
+import torch
+from torch import nn
+
+from ablation.losses import LossWeights
+from ablation.network import NetworkSpec, VGGFeatures, deepest, layer_names
+from ablation.spec import from_config
+from tests.test_spec import config_for
+
+VARIANTS = ["original", "avg_pool", "leaky_relu", "tanh_final", "vgg16", "vgg16_tanh"]
+
+
+def build(variant: str, weights19, weights16, **overrides) -> VGGFeatures:
+    spec = from_config(config_for(variant, **overrides))
+    weights = weights16 if spec.network.arch == "vgg16" else weights19
+    return VGGFeatures(spec.network, weights.convs, spec.last_layer)
+
+
+def test_layer_names_follow_upstream():
+    names = layer_names("vgg19")
+    assert names[:5] == ["conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1"]
+    assert names[-1] == "relu5_4" and len(names) == 36  # upstream's VGG19_LAYERS
+    assert len(layer_names("vgg16")) == 30 and layer_names("vgg16")[-1] == "relu5_3"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_modules(variant, vgg19_random, vgg16_random):
+    net = build(variant, vgg19_random, vgg16_random)
+    arch = "vgg16" if variant.startswith("vgg16") else "vgg19"
+    # default loss weights read relu5_1 deepest (relu5_2 has weight 1 - blend = 0): nothing after it is built
+    assert net.names[-1] == "relu5_1"
+    assert net.names == layer_names(arch)[: layer_names(arch).index("relu5_1") + 1]
+    pools = [m for m in net.layers if "Pool" in type(m).__name__]
+    assert len(pools) == 4 and all(p.ceil_mode for p in pools)
+    want_pool = nn.AvgPool2d if variant == "avg_pool" else nn.MaxPool2d
+    assert all(type(p) is want_pool for p in pools)
+    acts = [m for n, m in zip(net.names, net.layers, strict=True) if n.startswith("relu")]
+    want_act = nn.LeakyReLU if variant == "leaky_relu" else nn.ReLU
+    assert all(type(a) is want_act for a in acts[:-1])
+    assert type(acts[-1]) is (nn.Tanh if variant.endswith("tanh") or variant == "tanh_final" else want_act)
+    if variant == "leaky_relu":
+        assert all(a.negative_slope == 0.2 for a in acts)
+    assert not any(p.requires_grad for p in net.parameters())
+    n_convs = sum(isinstance(m, nn.Conv2d) for m in net.layers)
+    assert n_convs == (11 if arch == "vgg16" else 13)  # conv1_1..conv5_1: 2+2+3+3+1 or 2+2+4+4+1
+
+
+def test_tanh_follows_the_deepest_read_layer(vgg19_random, vgg16_random):
+    net = build("tanh_final", vgg19_random, vgg16_random, **{"loss.content_blend": 0.5})
+    assert net.names[-1] == "relu5_2" and isinstance(net.layers[-1], nn.Tanh)
+    assert isinstance(net.layers[net.names.index("relu5_1")], nn.ReLU)
+
+
+def test_leaky_slope_is_configurable(vgg19_random, vgg16_random):
+    net = build("leaky_relu", vgg19_random, vgg16_random, **{"variant.slope": 0.01})
+    assert net.layers[1].negative_slope == 0.01
+
+
+def test_ceil_pooling_shapes_on_odd_sizes(vgg19_random):
+    # the report's content is 400x533: TensorFlow 'SAME' pooling gives ceil(533/16) = 34 rows at relu5_1
+    net = VGGFeatures(NetworkSpec(), vgg19_random.convs, "relu5_1")
+    out = net(torch.zeros(1, 3, 33, 17), ["relu5_1", "relu2_1"])
+    assert out["relu5_1"].shape[-2:] == (3, 2) and out["relu2_1"].shape[-2:] == (17, 9)
+
+
+def test_avg_pool_divides_by_in_image_cells_only(vgg19_random):
+    pool = VGGFeatures(NetworkSpec(pooling="avg"), vgg19_random.convs, "relu5_1").layers[4]
+    x = torch.arange(9.0).view(1, 1, 3, 3)  # last row/column windows hold 2 and 1 cells
+    assert pool(x)[0, 0].tolist() == [[2.0, 3.5], [6.5, 8.0]]
+
+
+def test_deepest_and_errors():
+    assert deepest("vgg19", LossWeights().read_layers()) == "relu5_1"
+    with pytest.raises(ValueError, match="relu5_4"):
+        deepest("vgg16", ["relu5_4"])

@@ -1,0 +1,52 @@
+"""Config validation: each bad value is refused with a message that names it."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from ablation.spec import SpecError, from_config
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def config_for(variant: str = "original", **overrides) -> dict:
+    """The resolved project config for ``variant`` with dotted overrides, as run.py sees it."""
+    args = [f"variant={variant}", "weights=random"] + [f"{k}={v}" for k, v in overrides.items()]
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=args)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_defaults_are_upstreams():
+    spec = from_config(config_for())
+    assert (spec.loss.content_weight, spec.loss.style_weight, spec.loss.tv_weight) == (5.0, 500.0, 100.0)
+    assert (spec.adam.lr, spec.adam.beta1, spec.adam.beta2, spec.adam.eps) == (10.0, 0.9, 0.999, 1e-8)
+    assert spec.iterations == 1000 and spec.init == "noise" and spec.last_layer == "relu5_1"
+    assert spec.images.width is None and spec.images.style_scales == (1.0,)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"run.iterations": 0}, "run.iterations=0 must be > 0"),
+        ({"loss.style_weight": -1}, "loss.style_weight=-1.0 must be >= 0"),
+        ({"optim.lr": 0}, "optim.lr=0.0 must be > 0"),
+        ({"loss.content_blend": 1.5}, "loss.content_blend=1.5 must be in [0, 1]"),
+        ({"images.style_blend": "[0,0]", "images.styles": "[a.jpg,b.jpg]"}, "sums to 0"),
+        ({"variant.pooling": "median"}, "variant.pooling='median': choose max or avg"),
+        ({"images.width": -3}, "images.width=-3 must be > 0"),
+        ({"run.precision": "fp8"}, "run.precision='fp8'"),
+    ],
+)
+def test_bad_values_are_named(override, message):
+    with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        from_config(config_for(**override))
+
+
+def test_variants_are_data():
+    spec = from_config(config_for("vgg16_tanh"))
+    assert (spec.network.arch, spec.network.final_activation, spec.variant) == ("vgg16", "tanh", "vgg16_tanh")
+    custom = from_config(config_for("original", **{"variant.pooling": "avg", "variant.activation": "leaky_relu"}))
+    assert (custom.network.pooling, custom.network.activation) == ("avg", "leaky_relu")

@@ -1,0 +1,138 @@
+"""Weight sources agree: the same weights through MatConvNet (old and new format), a state dict and
+torchvision's normalised input give the same features."""
+
+import os
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+import torchvision
+
+from ablation.network import NetworkSpec, VGGFeatures, layer_names
+from ablation.weights import (
+    CAFFE_MEAN_PIXEL,
+    TORCHVISION_MEAN,
+    TORCHVISION_STD,
+    WeightsError,
+    file_weights,
+    matconvnet_weights,
+    random_weights,
+    torchvision_weights,
+)
+
+
+def write_matconvnet(path, weights, old_format: bool, mean_pixel=CAFFE_MEAN_PIXEL) -> None:
+    """A MatConvNet-layout .mat: kernels stored [w, h, in, out], i.e. torch's [out, in, h, w] as (3, 2, 1, 0),
+    which upstream's (1, 0, 2, 3) transpose turns into TensorFlow's [h, w, in, out]."""
+    names = layer_names(weights.arch)
+    convs = iter(weights.convs)
+    layers = np.empty((1, len(names)), dtype=object)
+    for i, name in enumerate(names):
+        record = {"name": name, "type": name[:4].replace("relu", "relu").replace("pool", "pool")}
+        if name.startswith("conv"):
+            w, b = next(convs)
+            cell = np.empty((1, 2), dtype=object)
+            cell[0, 0] = w.numpy().transpose(3, 2, 1, 0)
+            cell[0, 1] = b.numpy().reshape(-1, 1)
+            record = {"weights": cell, **record} if old_format else {**record, "weights": cell}
+        layers[0, i] = record
+    average = np.tile(np.array(mean_pixel, dtype=np.float32), (4, 4, 1))  # old: a full mean image
+    if old_format:
+        data = {"layers": layers, "normalization": {"averageImage": average, "keepAspect": 1}}
+    else:
+        norm = {"imageSize": np.array([224, 224, 3]), "border": np.array([0, 0]), "averageImage": average[:1, :1]}
+        data = {"layers": layers, "meta": {"normalization": norm}}
+    scipy.io.savemat(path, data)
+
+
+def features(weights, image, arch="vgg19"):
+    net = VGGFeatures(NetworkSpec(arch=arch), weights.convs, "relu5_1")
+    return net(image - torch.tensor(weights.mean_pixel).view(1, 3, 1, 1), ["relu1_1", "relu5_1"])
+
+
+@pytest.fixture(scope="module")
+def image():
+    return torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 255
+
+
+@pytest.mark.parametrize("old_format", [False, True])
+def test_matconvnet_equals_state_dict(tmp_path, vgg19_random, image, old_format):
+    mat = tmp_path / "vgg.mat"
+    write_matconvnet(mat, vgg19_random, old_format)
+    state = {
+        f"features.{layer_names('vgg19').index(n)}.{k}": t
+        for n, (w, b) in zip([n for n in layer_names("vgg19") if n.startswith("conv")], vgg19_random.convs, strict=True)
+        for k, t in (("weight", w), ("bias", b))
+    }
+    torch.save(state, tmp_path / "vgg.pth")
+    from_mat = matconvnet_weights("vgg19", mat)
+    from_file = file_weights("vgg19", tmp_path / "vgg.pth", preprocessing="caffe")
+    assert from_mat.mean_pixel == pytest.approx(CAFFE_MEAN_PIXEL, abs=1e-4)
+    for (w1, b1), (w0, b0) in zip(from_mat.convs, vgg19_random.convs, strict=True):
+        assert torch.equal(w1, w0) and torch.equal(b1, b0)
+    a, b = features(from_mat, image), features(from_file, image)
+    assert torch.equal(a["relu5_1"], b["relu5_1"]) and a["relu5_1"].abs().sum() > 0
+    assert len(from_mat.sha256) == 64 and from_mat.source == "matconvnet"
+
+
+def test_matconvnet_kernel_orientation_is_upstreams(tmp_path, vgg19_random):
+    # an asymmetric kernel must come back unflipped: mat[kw, kh, in, out] -> torch[out, in, kh, kw]
+    mat = tmp_path / "vgg.mat"
+    write_matconvnet(mat, vgg19_random, old_format=False)
+    raw = scipy.io.loadmat(str(mat))["layers"][0][0][0][0]["weights"][0][0]
+    loaded = matconvnet_weights("vgg19", mat).convs[0][0]
+    assert loaded[5, 1, 0, 2].item() == pytest.approx(float(raw[2, 0, 1, 5]))
+
+
+def test_matconvnet_wrong_architecture_names_the_layer(tmp_path, vgg16_random):
+    mat = tmp_path / "vgg16.mat"
+    write_matconvnet(mat, vgg16_random, old_format=False)
+    with pytest.raises(WeightsError, match=r"layer 16 is 'pool3' where vgg19 has 'conv3_4'"):
+        matconvnet_weights("vgg19", mat)
+    assert matconvnet_weights("vgg16", mat).arch == "vgg16"
+
+
+def test_state_dict_wrong_shapes_named(tmp_path, vgg16_random):
+    torch.save({f"{i}.{k}": torch.zeros(1) for i in range(3) for k in ("weight", "bias")}, tmp_path / "bad.pth")
+    with pytest.raises(WeightsError, match=r"features.0.weight\) has shape \(1,\), vgg19 needs \(64, 3, 3, 3\)"):
+        file_weights("vgg19", tmp_path / "bad.pth")
+    (tmp_path / "junk.pth").write_text("not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot read .*junk.pth as a torch state dict"):
+        file_weights("vgg19", tmp_path / "junk.pth")
+    (tmp_path / "junk.mat").write_text("not a mat file")
+    with pytest.raises(WeightsError, match="cannot read .*junk.mat as a MatConvNet"):
+        matconvnet_weights("vgg19", tmp_path / "junk.mat")
+
+
+def test_torchvision_fold_equals_normalised_input(tmp_path, image):
+    """Folding 1/(255 std) into conv1_1 on pixel-space input == torchvision's (x/255 - mean)/std input."""
+    model = torchvision.models.vgg19(weights=None).eval()
+    torch.save(model.state_dict(), tmp_path / "tv.pth")
+    ours = file_weights("vgg19", tmp_path / "tv.pth", preprocessing="torch")
+    assert ours.mean_pixel == pytest.approx(tuple(255 * m for m in TORCHVISION_MEAN))
+    normalised = (image / 255 - torch.tensor(TORCHVISION_MEAN).view(1, 3, 1, 1)) / torch.tensor(TORCHVISION_STD).view(
+        1, 3, 1, 1
+    )
+    with torch.no_grad():
+        expected = model.features[: layer_names("vgg19").index("relu5_1") + 1](normalised)
+    got = features(ours, image)["relu5_1"]
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_torchvision_offline_error_says_where_to_put_the_file(tmp_path, monkeypatch):
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # a closed port: no download, anywhere
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    try:
+        with pytest.raises(WeightsError, match="cannot download the weights .*vgg19-dcbb9e9d.pth.*put that file at"):
+            torchvision_weights("vgg19")
+    finally:
+        torch.hub.set_dir(os.path.join(os.path.expanduser("~"), ".cache", "torch", "hub"))
+
+
+def test_random_weights_are_seeded_he_normal():
+    a, b = random_weights("vgg16", 3), random_weights("vgg16", 3)
+    assert a.sha256 == b.sha256 and a.sha256 != random_weights("vgg16", 4).sha256
+    w = a.convs[-1][0]  # conv5_3: in = 512, std sqrt(2 / 4608) = 0.0208
+    assert w.std().item() == pytest.approx((2 / (9 * 512)) ** 0.5, rel=0.01)
