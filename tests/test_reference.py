@@ -75,3 +75,27 @@ def test_max_pooling_matches_upstream_over_the_first_steps(shared, standin_mat, 
     # Step 5's style term is 1.6e-5 off, float32 rounding in an ill-conditioned run (shared/reference/README.md)
     assert rel[5].max() < 2e-5
     assert rel[:, 3].max() < 5e-3  # by step 50 rounding has grown to 2.6e-3 on the total, as the README expects
+
+
+def test_matconvnet_file_drives_the_same_numbers_as_the_state_dict(standin_mat, tmp_path, store):
+    import torch
+
+    from ablation.network import layer_names
+
+    names = [n for n in layer_names("vgg19") if n.startswith("conv")]
+    state = {}
+    for name, (w, b) in zip(names, random_weights("vgg19", 0).convs, strict=True):
+        index = layer_names("vgg19").index(name)
+        state |= {f"features.{index}.weight": w, f"features.{index}.bias": b}
+    torch.save(state, tmp_path / "standin.pth")
+    common = {"images.width": 32, "run.iterations": 3, "run.quiet": "true", "run.checkpoint_every": 0}
+    from_mat = execute(config_for(weights="matconvnet", **{"weights.path": str(standin_mat)}, **common))
+    from_file = execute(
+        config_for(
+            weights="file",
+            **{"weights.path": str(tmp_path / "standin.pth"), "weights.preprocessing": "caffe"},
+            **common,
+        )
+    )
+    for term in TERMS:
+        assert from_mat[f"final_{term}"] == from_file[f"final_{term}"]
