@@ -67,7 +67,7 @@ def run_params(spec: RunSpec, problem: Problem, config: dict[str, Any]) -> dict[
 
 def transfer_and_log(spec: RunSpec, problem: Problem, log: tracking.RunLog, setup_s: float) -> dict[str, float]:
     """Run the loop, logging step losses in batches, checkpoint images, and the final results."""
-    state = new_state(problem.start_image([spec.seed]), spec.adam)
+    state = new_state(problem.start_image([spec.seed]), spec.optim)
     history: list[np.ndarray] = []
     # yield at every checkpoint step too, so its image can be saved
     sync_every = math.gcd(spec.sync_every, spec.checkpoint_every) if spec.checkpoint_every else spec.sync_every

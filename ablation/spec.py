@@ -11,7 +11,7 @@ from typing import Any
 
 from ablation.losses import LossWeights
 from ablation.network import ARCHITECTURES, NetworkSpec, deepest
-from ablation.transfer import AdamSettings, EngineOptions
+from ablation.transfer import AdamSettings, EngineOptions, LBFGSSettings
 from ablation.weights import SOURCES
 
 
@@ -40,7 +40,7 @@ class RunSpec:
     variant: str
     network: NetworkSpec
     loss: LossWeights
-    adam: AdamSettings
+    optim: AdamSettings | LBFGSSettings
     engine: EngineOptions
     images: ImagesSpec
     weights: WeightsSpec
@@ -119,10 +119,27 @@ def from_config(cfg: dict[str, Any]) -> RunSpec:
         "loss.content_weight and loss.style_weight are both 0: no layer would be read",
     )
 
-    adam = AdamSettings(**{k: _number(optim, k, "optim") for k in AdamSettings.__dataclass_fields__})
-    _require(adam.lr > 0, f"optim.lr={adam.lr} must be > 0")
-    _require(0 <= adam.beta1 < 1 and 0 <= adam.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
-    _require(adam.eps > 0, f"optim.eps={adam.eps} must be > 0")
+    optim_name = optim.get("name", "adam")
+    if optim_name == "adam":
+        settings: AdamSettings | LBFGSSettings = AdamSettings(
+            **{k: _number(optim, k, "optim") for k in AdamSettings.__dataclass_fields__}
+        )
+        _require(0 <= settings.beta1 < 1 and 0 <= settings.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
+        _require(settings.eps > 0, f"optim.eps={settings.eps} must be > 0")
+    elif optim_name == "lbfgs":
+        line_search = optim.get("line_search")
+        _require(
+            line_search in (None, "strong_wolfe"), f"optim.line_search={line_search!r}: choose null or strong_wolfe"
+        )
+        settings = LBFGSSettings(
+            lr=_number(optim, "lr", "optim"),
+            history_size=_number(optim, "history_size", "optim", int),
+            line_search=line_search,
+        )
+        _require(settings.history_size > 0, f"optim.history_size={settings.history_size} must be > 0")
+    else:
+        raise SpecError(f"optim.name={optim_name!r}: choose adam or lbfgs (optim=adam | optim=lbfgs)")
+    _require(settings.lr > 0, f"optim.lr={settings.lr} must be > 0")
 
     styles = images.get("styles")
     if isinstance(styles, str):
@@ -170,7 +187,7 @@ def from_config(cfg: dict[str, Any]) -> RunSpec:
         variant=str(variant.get("name", "custom")),
         network=network,
         loss=weights_,
-        adam=adam,
+        optim=settings,
         engine=EngineOptions(precision=precision, channels_last=bool(run.get("channels_last", False))),
         images=images_,
         weights=WeightsSpec(source, {k: v for k, v in weights.items() if k != "source"}),

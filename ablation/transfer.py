@@ -50,6 +50,16 @@ class AdamSettings:
 
 
 @dataclass(frozen=True)
+class LBFGSSettings:
+    """torch.optim.LBFGS as the best-known implementations use it (history 100); one iteration of the
+    loop is one L-BFGS iteration, which costs one function evaluation unless a line search is asked for."""
+
+    lr: float = 1.0
+    history_size: int = 100
+    line_search: str | None = None  # None | strong_wolfe (more evaluations per iteration)
+
+
+@dataclass(frozen=True)
 class EngineOptions:
     """Speed settings that do not change what is computed, except ``precision`` (fp32 | bf16)."""
 
@@ -146,13 +156,21 @@ class TransferState:
     best_image: torch.Tensor | None = None
     best_total: torch.Tensor | None = None  # [B]
     best_step: torch.Tensor | None = None  # [B]
-    adam: AdamSettings = AdamSettings()
+    settings: AdamSettings | LBFGSSettings = AdamSettings()
+    evaluations: int = 0  # forward+backward passes so far (L-BFGS line searches add some)
 
 
-def new_state(image: torch.Tensor, adam: AdamSettings = AdamSettings()) -> TransferState:
+def new_state(image: torch.Tensor, settings: AdamSettings | LBFGSSettings = AdamSettings()) -> TransferState:
+    """The optimised image (a fresh leaf tensor) and its optimiser."""
     param = image.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([param], lr=adam.lr, betas=(adam.beta1, adam.beta2), eps=adam.eps)
-    return TransferState(param, optimizer, adam=adam)
+    if isinstance(settings, LBFGSSettings):
+        optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
+            [param], lr=settings.lr, max_iter=1, history_size=settings.history_size,
+            line_search_fn=settings.line_search,
+        )  # fmt: skip
+    else:
+        optimizer = torch.optim.Adam([param], lr=settings.lr, betas=(settings.beta1, settings.beta2), eps=settings.eps)
+    return TransferState(param, optimizer, settings=settings)
 
 
 def set_tf1_epsilon(optimizer: torch.optim.Optimizer, adam: AdamSettings, t: int) -> None:
@@ -208,6 +226,7 @@ def stylize(
             if not last:
                 terms[:, 3].sum().backward()
         history[step] = terms.detach()
+        state.evaluations += 1
         if step % log_every == 0 or last:
             better = terms[:, 3].detach() < state.best_total
             state.best_total = torch.where(better, terms[:, 3].detach(), state.best_total)
@@ -223,6 +242,27 @@ def stylize(
             synced = step
             yield Progress(step, steps, rows, state, done=last)
         if not last:
-            set_tf1_epsilon(opt, state.adam, step + 1)
-            opt.step()
+            _optimiser_step(net, targets, state, terms, options)
             state.step = step + 1
+
+
+def _optimiser_step(
+    net: VGGFeatures, targets: Targets, state: TransferState, terms: torch.Tensor, options: EngineOptions
+) -> None:
+    """One optimiser step from the gradient already in ``state.image.grad`` (``terms`` are its losses)."""
+    if isinstance(state.settings, AdamSettings):
+        set_tf1_epsilon(state.optimizer, state.settings, state.step + 1)
+        state.optimizer.step()
+        return
+    first = [terms[:, 3].sum().detach()]
+
+    def closure() -> torch.Tensor:  # L-BFGS asks again only inside a line search
+        if first:
+            return first.pop()
+        state.optimizer.zero_grad(set_to_none=True)
+        total = loss_terms(net, state.image, targets, options)[:, 3].sum()
+        total.backward()
+        state.evaluations += 1
+        return total.detach()
+
+    state.optimizer.step(closure)

@@ -22,7 +22,7 @@ def config_for(variant: str = "original", **overrides) -> dict:
 def test_defaults_are_upstreams():
     spec = from_config(config_for())
     assert (spec.loss.content_weight, spec.loss.style_weight, spec.loss.tv_weight) == (5.0, 500.0, 100.0)
-    assert (spec.adam.lr, spec.adam.beta1, spec.adam.beta2, spec.adam.eps) == (10.0, 0.9, 0.999, 1e-8)
+    assert (spec.optim.lr, spec.optim.beta1, spec.optim.beta2, spec.optim.eps) == (10.0, 0.9, 0.999, 1e-8)
     assert spec.iterations == 1000 and spec.init == "noise" and spec.last_layer == "relu5_1"
     assert spec.images.width is None and spec.images.style_scales == (1.0,)
 

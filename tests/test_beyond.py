@@ -1,0 +1,64 @@
+"""Beyond the report: L-BFGS, colour preservation."""
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ablation.colors import luminance_transfer_ycbcr, match_colors, preserve_colors
+from ablation.losses import LossWeights
+from ablation.network import NetworkSpec, VGGFeatures
+from ablation.transfer import LBFGSSettings, compute_targets, initial_image, new_state, stylize
+
+
+def small_problem(weights):
+    rng = torch.Generator().manual_seed(0)
+    content = torch.rand(1, 3, 32, 32, generator=rng) * 255 - 120
+    style = torch.rand(1, 3, 32, 32, generator=rng) * 255 - 120
+    net = VGGFeatures(NetworkSpec(), weights.convs, "relu5_1")
+    return net, compute_targets(net, content, [style], LossWeights()), content
+
+
+def totals(net, targets, state, iterations):
+    rows = np.concatenate([p.losses[:, 0, 3] for p in stylize(net, targets, state, iterations)])
+    return rows
+
+
+def test_lbfgs_lowers_the_loss_one_evaluation_per_iteration(vgg19_random):
+    net, targets, content = small_problem(vgg19_random)
+    state = new_state(initial_image(content, [0]), LBFGSSettings())
+    rows = totals(net, targets, state, 20)
+    assert rows[-1] < 0.5 * rows[0]  # measured: 20 L-BFGS iterations take the total from 1.2e5 to ~1e4
+    assert state.evaluations == 21  # 20 iterations + the final image's forward: no hidden line search
+
+
+def test_lbfgs_with_line_search_counts_its_evaluations(vgg19_random):
+    net, targets, content = small_problem(vgg19_random)
+    state = new_state(initial_image(content, [0]), LBFGSSettings(line_search="strong_wolfe"))
+    rows = totals(net, targets, state, 5)
+    assert rows[-1] < rows[0] and state.evaluations > 6
+
+
+def test_preserve_colors_keeps_content_chroma_exactly():
+    rng = np.random.default_rng(0)
+    content = rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    stylised = rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    ycbcr = luminance_transfer_ycbcr(stylised, content)
+    content_ycbcr = np.array(Image.fromarray(content).convert("YCbCr"))
+    assert np.array_equal(ycbcr[..., 1:], content_ycbcr[..., 1:])
+    # luma is the stylised image's Rec.601 grey (upstream truncates it to uint8 first)
+    grey = (stylised.astype(np.float64) @ [0.299, 0.587, 0.114]).astype(np.uint8)
+    assert np.abs(ycbcr[..., 0].astype(int) - grey).max() <= 1
+    out = preserve_colors(stylised, content)
+    assert out.shape == content.shape and out.dtype == np.uint8
+    # stylising a photo into itself gives the photo back, up to uint8 rounding in the two conversions
+    same = np.abs(preserve_colors(content, content).astype(int) - content)
+    assert same.max() <= 4 and same.mean() < 2  # measured: max 4, mean 1.4
+
+
+def test_match_colors_moves_the_style_palette_to_the_content():
+    rng = np.random.default_rng(1)
+    content = np.clip(rng.normal([200, 60, 40], 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+    style = np.clip(rng.normal([40, 80, 200], 30, (24, 40, 3)), 0, 255).astype(np.uint8)
+    matched = match_colors(style, content)
+    assert matched.shape == style.shape
+    assert np.allclose(matched.reshape(-1, 3).mean(0), content.reshape(-1, 3).mean(0), atol=2)
