@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ablation.colors import match_colors
 from ablation.data import file_sha256, resolve_image
 from ablation.images import ImageError, PixelSpace, content_size, read_rgb, resize, style_size
 from ablation.network import MIN_IMAGE_SIDE_PX, VGGFeatures
@@ -48,15 +49,17 @@ class InputImages:
     sha256: list[str]
 
 
-def load_images(spec: ImagesSpec) -> InputImages:
-    """Content resized to ``width`` (if set); each style to content width * its scale (upstream)."""
+def load_images(spec: ImagesSpec, match_style_colors: bool = False) -> InputImages:
+    """Content resized to ``width`` (if set); each style to content width * its scale (upstream).
+    With ``match_style_colors`` each style's colour histogram is matched to the content's."""
     paths = [resolve_image(spec.content)] + [resolve_image(s) for s in spec.styles]
     content = read_rgb(paths[0], spec.exif_transpose)
     content = resize(content, content_size(content, spec.width))
     styles = []
     for path, scale in zip(paths[1:], spec.style_scales, strict=True):
         style = read_rgb(path, spec.exif_transpose)
-        styles.append(resize(style, style_size(style, content.shape[1], scale)))
+        style = resize(style, style_size(style, content.shape[1], scale))
+        styles.append(match_colors(style, content) if match_style_colors else style)
     for path, image in zip(paths, [content, *styles], strict=True):
         if min(image.shape[:2]) < MIN_IMAGE_SIDE_PX:
             raise ImageError(
@@ -101,7 +104,7 @@ def prepare(spec: RunSpec, device: torch.device, weights: VGGWeights | None = No
     """Load weights (unless given) and images, build the truncated network, compute the targets."""
     if weights is None:
         weights = load_weights(spec.weights.source, spec.network.arch, **spec.weights.options)
-    images = load_images(spec.images)
+    images = load_images(spec.images, spec.match_style_colors)
     pixels = PixelSpace(weights.mean_pixel)
     net = build_network(spec, weights, device)
     content = pixels.encode(images.content, device)

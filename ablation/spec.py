@@ -53,6 +53,16 @@ class RunSpec:
     sync_every: int
     checkpoint_every: int
     quiet: bool
+    preserve_colors: bool = False
+    match_style_colors: bool = False
+    scales: tuple[int, ...] | None = None  # content widths, coarse to fine
+    scale_iterations: tuple[int, ...] | None = None
+
+    def stages(self) -> list[tuple[int | None, int]]:
+        """(content width, iterations) per scale: one stage at images.width unless run.scales is set."""
+        if not self.scales:
+            return [(self.images.width, self.iterations)]
+        return list(zip(self.scales, self.scale_iterations or (self.iterations,) * len(self.scales), strict=True))
 
     @property
     def last_layer(self) -> str:
@@ -183,6 +193,19 @@ def from_config(cfg: dict[str, Any]) -> RunSpec:
     precision = run.get("precision", "fp32")
     _require(precision in ("fp32", "bf16"), f"run.precision={precision!r}: choose fp32 or bf16")
 
+    scales = _floats(run.get("scales"), "run.scales")
+    scale_iterations = _floats(run.get("scale_iterations"), "run.scale_iterations")
+    if scales is not None:
+        _require(all(w >= 1 and w == int(w) for w in scales), f"run.scales={list(scales)}: give widths in px")
+        _require(list(scales) == sorted(scales), f"run.scales={list(scales)} must go from coarse to fine")
+    if scale_iterations is not None:
+        _require(scales is not None, "run.scale_iterations needs run.scales")
+        _require(
+            len(scale_iterations) == len(scales) and all(i >= 1 for i in scale_iterations),
+            f"run.scale_iterations={list(scale_iterations)}: one positive count per scale in run.scales",
+        )
+    transfer = cfg.get("transfer", {})
+
     return RunSpec(
         variant=str(variant.get("name", "custom")),
         network=network,
@@ -200,4 +223,8 @@ def from_config(cfg: dict[str, Any]) -> RunSpec:
         sync_every=int(run["sync_every"]),
         checkpoint_every=int(run["checkpoint_every"]),
         quiet=bool(run.get("quiet", False)),
+        preserve_colors=bool(transfer.get("preserve_colors", False)),
+        match_style_colors=bool(transfer.get("match_style_colors", False)),
+        scales=tuple(int(w) for w in scales) if scales else None,
+        scale_iterations=tuple(int(i) for i in scale_iterations) if scale_iterations else None,
     )

@@ -62,3 +62,27 @@ def test_match_colors_moves_the_style_palette_to_the_content():
     matched = match_colors(style, content)
     assert matched.shape == style.shape
     assert np.allclose(matched.reshape(-1, 3).mean(0), content.reshape(-1, 3).mean(0), atol=2)
+
+
+def test_second_scale_starts_from_the_first_upsampled(vgg19_random):
+    from ablation.scales import Stage, coarse_to_fine, upsample
+    from ablation.transfer import AdamSettings
+
+    net = VGGFeatures(NetworkSpec(), vgg19_random.convs, "relu5_1")
+    rng = torch.Generator().manual_seed(0)
+    stages = []
+    for size in (16, 24):
+        content = torch.rand(1, 3, size, size, generator=rng) * 255 - 120
+        stages.append(Stage(net, compute_targets(net, content, [content.flip(-1)], LossWeights()), (size, size), 3))
+    first = initial_image(stages[0].targets.content["relu4_2"].new_zeros(1, 3, 16, 16), [0])
+    finals, starts, steps = {}, {}, []
+    for progress in coarse_to_fine(stages, first, AdamSettings(), log_every=1, sync_every=1):
+        scale = progress.extra["scale"]
+        steps.append(progress.extra["offset"] + progress.step)
+        starts.setdefault(scale, progress.extra.get("start"))
+        if progress.done:
+            finals[scale] = progress.state.image.detach().clone()
+    assert steps == list(range(8))  # 0..3 at 16 px, then 4..7 at 24 px on one axis
+    assert starts[1].shape[-2:] == (24, 24)
+    assert torch.equal(starts[1], upsample(finals[0], (24, 24)))
+    assert not torch.equal(finals[1][..., :16, :16], finals[0])
