@@ -111,11 +111,14 @@ def current_job(config: DictConfig | None = None) -> SweepJob | None:
         if not HydraConfig.initialized():
             return None
         hydra_cfg = HydraConfig.get()
-        mode, sweep_dir, num = hydra_cfg.mode, Path(str(hydra_cfg.sweep.dir)).resolve(), hydra_cfg.job.num
     else:
-        mode, sweep_dir, num = config.hydra.mode, _sweep_dir(config), config.hydra.job.num
-    if mode != RunMode.MULTIRUN or not (sweep_dir / PARENT_FILE).is_file():
+        hydra_cfg = config.hydra
+    if hydra_cfg.mode != RunMode.MULTIRUN:  # a single run has no job number and no sweep folder
         return None
+    sweep_dir = Path(str(hydra_cfg.sweep.dir)).resolve()
+    if not (sweep_dir / PARENT_FILE).is_file():
+        return None
+    num = hydra_cfg.job.num
     parent = json.loads((sweep_dir / PARENT_FILE).read_text())
     return SweepJob(parent["parent_run_id"], parent["sweep_id"], parent["experiment_id"], int(num))
 

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -188,3 +189,12 @@ def test_parallel_jobs_on_a_fresh_store_lose_nothing_and_a_failed_job_stops_no_o
     jobs = parent_jobs(tmp_path, tmp_path / "parallel")
     assert sorted(j["status"] for j in jobs.values()) == ["failed", "failed", "finished", "finished"]
     assert all(len(client.get_metric_history(r.info.run_id, "total")) == 4 for r in runs)  # steps 0..3
+
+
+def test_single_run_is_not_a_sweep_job_and_bad_input_is_one_line(tmp_path):
+    # Outside -m the callback and run.main must not look for a sweep; a bad value is one line and exit code 2.
+    command = [sys.executable, "-m", "ablation.run", "weights=random", "images.width=8", f"hydra.run.dir={tmp_path}/h"]
+    result = subprocess.run(command, cwd=tmp_path, env=store_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "INFO" not in line]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and "images.width" in errors[0]
