@@ -5,8 +5,19 @@ PY := $(VENV)/bin/python
 # The report's pair: read from ../shared/data when it exists (CI, this workspace), else downloaded.
 export ABLATION_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 DEMO_ARGS ?=
+# make sweep: EXPERIMENT=table1|table2|all, SIZE=content width px, ITER=iterations, SEEDS=0,1,2,
+# WEIGHTS=torchvision|random|..., LAUNCHER=basic|joblib|slurm (N_JOBS for joblib), SWEEP_ARGS=more overrides
+EXPERIMENT ?= all
+SIZE ?=
+ITER ?=
+SEEDS ?=
+WEIGHTS ?=
+LAUNCHER ?= basic
+N_JOBS ?= 2
+SWEEP_ARGS ?=
+SWEEP ?=
 
-.PHONY: install demo test lint ui
+.PHONY: install demo test lint ui sweep report
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +29,14 @@ demo: install  ## one transfer of the report's pair at 256 px, 300 iterations, p
 
 test: install  ## the whole suite (CPU, seeded random weights, images <= 64 px)
 	$(PY) -m pytest -q tests
+
+sweep: install  ## the experiment's variants x seeds; jobs with a FINISHED run of the same fingerprint are skipped
+	$(PY) -m ablation.run -m experiment=$(EXPERIMENT) hydra/launcher=$(LAUNCHER) \
+		$(if $(SIZE),images.width=$(SIZE)) $(if $(ITER),run.iterations=$(ITER)) $(if $(SEEDS),run.seed=$(SEEDS)) \
+		$(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(filter joblib,$(LAUNCHER)),hydra.launcher.n_jobs=$(N_JOBS)) $(SWEEP_ARGS)
+
+report: install  ## reports/<sweep>/report.md from the latest sweep (or SWEEP=<sweep id>)
+	$(PY) -m ablation.report $(if $(SWEEP),--sweep $(SWEEP))
 
 lint: install
 	$(PY) -m ruff check ablation tests && $(PY) -m ruff format --check ablation tests

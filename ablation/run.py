@@ -14,6 +14,7 @@ import math
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,13 @@ import torchvision
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from ablation import tracking
-from ablation.data import DataError
+from ablation import judge, sweep, tracking
+from ablation.data import DataError, file_sha256, resolve_image
 from ablation.images import ImageError, save_png
 from ablation.problem import Problem, pick_device, prepare
 from ablation.spec import RunSpec, SpecError, from_config
 from ablation.transfer import LOSS_NAMES, DivergenceError, new_state, stylize
-from ablation.weights import WeightsError
+from ablation.weights import WeightsError, load_weights
 
 #: Errors that mean "bad input": one line, exit code 2, nothing stored is touched.
 USER_ERRORS = (SpecError, DataError, ImageError, WeightsError, tracking.TrackingError, ValueError)
@@ -65,8 +66,17 @@ def run_params(spec: RunSpec, problem: Problem, config: dict[str, Any]) -> dict[
     }
 
 
-def transfer_and_log(spec: RunSpec, problem: Problem, log: tracking.RunLog, setup_s: float) -> dict[str, float]:
-    """Run the loop, logging step losses in batches, checkpoint images, and the final results."""
+def transfer_and_log(
+    spec: RunSpec,
+    problem: Problem,
+    log: tracking.RunLog,
+    setup_s: float,
+    score: Callable[[torch.Tensor], dict[str, float]] | None = None,
+) -> dict[str, float]:
+    """Run the loop, logging step losses in batches, checkpoint images, and the final results.
+
+    ``score`` (the common judge) maps the final image, in pixel space, to more result metrics.
+    """
     state = new_state(problem.start_image([spec.seed]), spec.optim)
     history: list[np.ndarray] = []
     # yield at every checkpoint step too, so its image can be saved
@@ -103,8 +113,12 @@ def transfer_and_log(spec: RunSpec, problem: Problem, log: tracking.RunLog, setu
             "iter_ms": 1000 * loop_s / spec.iterations,
             "peak_mem_mb": peak_memory_mb(problem.device),
         }
+        if score is not None:
+            results.update(score(state.image))
         folder = Path(scratch)
         log.artifact(save_png(problem.pixels.decode(state.image), folder / "final.png"))
+        for k, image in enumerate([problem.images.content, *problem.images.styles]):  # the report's input grid
+            log.artifact(save_png(image, folder / ("content.png" if k == 0 else f"style_{k - 1}.png")), "inputs")
         log.artifact(save_png(problem.pixels.decode(state.best_image), folder / "best.png"))
         with open(folder / "losses.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -114,27 +128,53 @@ def transfer_and_log(spec: RunSpec, problem: Problem, log: tracking.RunLog, setu
     return results
 
 
-def execute(config: dict[str, Any]) -> dict[str, float]:
-    """One run from a resolved config: validate, check the store, set up, transfer, log. Returns metrics."""
+def input_sha256(spec: RunSpec) -> list[str]:
+    """SHA-256 of the content, each style and an initial image file (if any), in that order."""
+    names = [spec.images.content, *spec.images.styles]
+    if spec.init not in ("noise", "content"):
+        names.append(spec.init)
+    return [file_sha256(resolve_image(name)) for name in names]
+
+
+def execute(config: dict[str, Any], job: sweep.SweepJob | None = None) -> dict[str, Any]:
+    """One run from a resolved config: validate, check the store, set up, transfer, log. Returns metrics.
+
+    In a sweep (``job``) the run is a child of the sweep's parent run, and a job whose fingerprint already
+    has a FINISHED run is not run again (unless ``run.force``): the result is ``{"status": "skipped"}``.
+    """
     started = time.perf_counter()
     spec = from_config(config)
     device = pick_device(spec.device)
     client, experiment_id = tracking.open_store(config["tracking"]["experiment"])
     torch.manual_seed(spec.seed)
-    problem = prepare(spec, device)
+    weights = load_weights(spec.weights.source, spec.network.arch, **spec.weights.options)
+    fingerprint = sweep.fingerprint(config, weights.sha256, input_sha256(spec), device.type)
+    if job is not None and not config["run"].get("force", False):
+        done = sweep.find_finished(client, experiment_id, fingerprint)
+        if done is not None:
+            print(f"{done}: skipped, a FINISHED run has its fingerprint (run.force=true runs it)", file=sys.stderr)
+            return {"status": "skipped", "run_id": done}
+    problem = prepare(spec, device, weights)
+    judge_cfg = config.get("judge") or {}
+    scorer = None
+    if judge_cfg.get("enabled", True):
+        judge_net = judge.build_judge(problem, judge.judge_weights(problem, judge_cfg.get("weights_path")))
+        scorer = lambda image: judge.score(judge_net, image, problem.pixels)  # noqa: E731
     setup_s = time.perf_counter() - started
     tags = {
         "variant": spec.variant,
         "seed": str(spec.seed),
         "weights_source": problem.weights.source,
+        "fingerprint": fingerprint,
         **({"random_weights": "true"} if problem.weights.source == "random" else {}),
+        **(job.child_tags() if job is not None else {}),
     }
     run_name = config["tracking"].get("run_name") or f"{spec.variant}-s{spec.seed}"
     log = tracking.RunLog(client, experiment_id, run_name, tags)
     try:
         log.params(run_params(spec, problem, config))
         log.text(OmegaConf.to_yaml(OmegaConf.create(config)), "config.yaml")
-        results = transfer_and_log(spec, problem, log, setup_s)
+        results = transfer_and_log(spec, problem, log, setup_s, scorer)
         results["total_s"] = time.perf_counter() - started
         log.metrics(results, step=spec.iterations)
     except KeyboardInterrupt:
@@ -148,8 +188,7 @@ def execute(config: dict[str, Any]) -> dict[str, float]:
         log.end("FAILED", f"{type(err).__name__}: {err}")
         raise
     log.end("FINISHED")
-    results["run_id"] = log.run_id  # type: ignore[assignment]
-    return results
+    return {**results, "status": "finished", "run_id": log.run_id}
 
 
 def debug_requested(config: dict[str, Any]) -> bool:
@@ -159,15 +198,25 @@ def debug_requested(config: dict[str, Any]) -> bool:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> dict[str, float] | None:
+def main(cfg: DictConfig) -> dict[str, Any] | None:
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    job = sweep.current_job()
     try:
-        results = execute(config)  # type: ignore[arg-type]
+        results = execute(config, job)  # type: ignore[arg-type]
     except USER_ERRORS + (DivergenceError,) as err:
         if debug_requested(config):  # type: ignore[arg-type]
             raise
         print(f"error: {err}", file=sys.stderr)
+        if job is not None:  # one failed job must not stop the sweep; its summary names it
+            return {"status": "failed", "error": str(err)}
         sys.exit(2)
+    except Exception as err:
+        if job is None or debug_requested(config):  # type: ignore[arg-type]
+            raise
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+    if results["status"] == "skipped":
+        return results
     print(
         f"{results['run_id']}: total {results['final_total']:.6g} (content {results['final_content']:.6g}, "
         f"style {results['final_style']:.6g}, tv {results['final_tv']:.6g}) in {results['total_s']:.1f} s",

@@ -46,7 +46,12 @@ def open_store(experiment: str) -> tuple[MlflowClient, str]:
         found = client.get_experiment_by_name(experiment)
         if found is not None:
             return client, found.experiment_id
-        location = (RUNS_DIR / "artifacts").as_uri() if uri == f"sqlite:///{RUNS_DIR / 'mlflow.db'}" else None
+        # a sqlite store keeps its artifacts beside it (MLflow's default is ./mlruns under the current folder)
+        location = (
+            (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+            if uri.startswith("sqlite:///")
+            else None
+        )
         try:
             return client, client.create_experiment(experiment, artifact_location=location)
         except MlflowException:  # created meanwhile by a parallel job

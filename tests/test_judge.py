@@ -1,0 +1,56 @@
+"""The common judge: the original network scores every output on one scale."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from ablation import judge
+from ablation.problem import prepare
+from ablation.run import execute
+from ablation.spec import from_config
+from tests._sweep_support import DATA_DIR, PROJECT
+
+TINY = ["weights=random", "images.width=32", "run.iterations=3", "run.quiet=true", "run.checkpoint_every=0"]
+
+
+def config(*overrides: str) -> dict:
+    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=[*TINY, *overrides]), resolve=True)
+
+
+@pytest.fixture(autouse=True)
+def private_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("ABLATION_DATA_DIR", str(DATA_DIR))
+
+
+def test_judge_of_an_original_run_equals_its_own_final_losses():
+    # The judge is the original network with the same weights, inputs and loss weights, scoring the same
+    # final image: its four numbers must be the run's own final losses, to the last bit.
+    results = execute(config("variant=original"))
+    assert results["status"] == "finished"
+    for name in ("content", "style", "tv", "total"):
+        assert results[f"judge_{name}"] == results[f"final_{name}"], name
+    assert 0.0 < results["ssim_content"] < 1.0  # three steps from noise: far from the content photo
+    logged = MlflowClient().get_run(results["run_id"]).data.metrics
+    assert {k: logged[k] for k in judge.JUDGE_METRICS} == {k: results[k] for k in judge.JUDGE_METRICS}
+
+
+def test_judge_scores_a_vgg16_run_with_vgg19_on_the_same_inputs():
+    spec = from_config(config("variant=vgg16_tanh"))
+    problem = prepare(spec, torch.device("cpu"))
+    weights = judge.judge_weights(problem)
+    assert weights.arch == "vgg19" and weights.source == "random"
+    referee = judge.build_judge(problem, weights)
+    assert referee.net.spec == judge.JUDGE_NETWORK and referee.net.last_layer == "relu5_1"
+    # The content photo itself: zero content loss (relu4_2 features equal their target) and SSIM exactly 1.
+    scores = judge.score(referee, problem.content, problem.pixels)
+    assert scores["judge_content"] == 0.0
+    assert scores["ssim_content"] == pytest.approx(1.0, abs=1e-12)
+    assert scores["judge_style"] > 0 and scores["judge_total"] == pytest.approx(
+        scores["judge_content"] + scores["judge_style"] + scores["judge_tv"], rel=1e-6
+    )
