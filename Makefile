@@ -17,7 +17,8 @@ N_JOBS ?= 2
 SWEEP_ARGS ?=
 SWEEP ?=
 
-.PHONY: install demo test lint ui sweep report
+comma := ,
+.PHONY: install demo test lint ui sweep report tune
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +35,16 @@ sweep: install  ## the experiment's variants x seeds; jobs with a FINISHED run o
 	$(PY) -m ablation.run -m experiment=$(EXPERIMENT) hydra/launcher=$(LAUNCHER) \
 		$(if $(SIZE),images.width=$(SIZE)) $(if $(ITER),run.iterations=$(ITER)) $(if $(SEEDS),run.seed=$(SEEDS)) \
 		$(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(filter joblib,$(LAUNCHER)),hydra.launcher.n_jobs=$(N_JOBS)) $(SWEEP_ARGS)
+
+# make tune: one Optuna study per variant (VARIANTS=original,vgg16 ...), TRIALS trials each
+VARIANTS ?= original,avg_pool,leaky_relu,tanh_final,vgg16,vgg16_tanh
+TRIALS ?= 20
+tune: install  ## tune content/style/TV weights per variant to minimise the judge's total (experiment=tune)
+	for v in $(subst $(comma), ,$(VARIANTS)); do \
+		$(PY) -m ablation.run -m experiment=tune variant=$$v hydra.sweeper.n_trials=$(TRIALS) \
+			$(if $(SIZE),images.width=$(SIZE)) $(if $(ITER),run.iterations=$(ITER)) \
+			$(if $(WEIGHTS),weights=$(WEIGHTS)) $(SWEEP_ARGS) || exit 1; \
+	done
 
 report: install  ## reports/<sweep>/report.md from the latest sweep (or SWEEP=<sweep id>)
 	$(PY) -m ablation.report $(if $(SWEEP),--sweep $(SWEEP))

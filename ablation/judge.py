@@ -19,6 +19,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 from ablation.images import PixelSpace
+from ablation.losses import LossWeights
 from ablation.network import NetworkSpec, VGGFeatures
 from ablation.problem import Problem, build_network
 from ablation.transfer import LOSS_NAMES, Targets, compute_targets, loss_terms
@@ -52,9 +53,12 @@ def judge_weights(problem: Problem, weights_path: str | None = None) -> VGGWeigh
     return load_weights(problem.spec.weights.source, JUDGE_NETWORK.arch, **options)
 
 
-def build_judge(problem: Problem, weights: VGGWeights) -> Judge:
-    """The original network on ``problem``'s inputs, loss weights and style blend, targets computed once."""
-    spec = replace(problem.spec, network=JUDGE_NETWORK)
+def build_judge(problem: Problem, weights: VGGWeights, loss: LossWeights | None = None) -> Judge:
+    """The original network on ``problem``'s inputs and style blend, targets computed once.
+
+    ``loss`` fixes the judge's loss weights (tuning varies the run's own); by default they are the run's.
+    """
+    spec = replace(problem.spec, network=JUDGE_NETWORK, loss=loss or problem.spec.loss)
     net = build_network(spec, weights, problem.device)
     pixels = PixelSpace(weights.mean_pixel)
     content = pixels.encode(problem.images.content, problem.device)

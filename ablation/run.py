@@ -15,6 +15,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,8 @@ def execute(config: dict[str, Any], job: sweep.SweepJob | None = None) -> dict[s
     judge_cfg = config.get("judge") or {}
     scorer = None
     if judge_cfg.get("enabled", True):
-        judge_net = judge.build_judge(problem, judge.judge_weights(problem, judge_cfg.get("weights_path")))
+        judge_loss = replace(spec.loss, **judge_cfg["loss"]) if judge_cfg.get("loss") else None
+        judge_net = judge.build_judge(problem, judge.judge_weights(problem, judge_cfg.get("weights_path")), judge_loss)
         scorer = lambda image: judge.score(judge_net, image, problem.pixels)  # noqa: E731
     setup_s = time.perf_counter() - started
     tags = {
@@ -191,6 +193,14 @@ def execute(config: dict[str, Any], job: sweep.SweepJob | None = None) -> dict[s
     return {**results, "status": "finished", "run_id": log.run_id}
 
 
+def tune_value(results: dict[str, Any], objective: str) -> float:
+    """The objective of a finished or skipped job (read back from its run); +inf for a failed one."""
+    if results.get("status") == "skipped":
+        uri = tracking.tracking_uri()
+        return float(tracking.MlflowClient(uri).get_run(results["run_id"]).data.metrics.get(objective, float("inf")))
+    return float(results.get(objective, float("inf")))
+
+
 def debug_requested(config: dict[str, Any]) -> bool:
     import os
 
@@ -198,30 +208,33 @@ def debug_requested(config: dict[str, Any]) -> bool:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> dict[str, Any] | None:
-    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+def main(cfg: DictConfig) -> dict[str, Any] | float | None:
+    """One job. A single run exits 2 on bad input; in a sweep a failed job returns ``status: failed`` so
+    the others go on, and under Optuna (``tune.objective``) every job returns its objective."""
+    config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[assignment]
     job = sweep.current_job()
     try:
-        results = execute(config, job)  # type: ignore[arg-type]
-    except USER_ERRORS + (DivergenceError,) as err:
-        if debug_requested(config):  # type: ignore[arg-type]
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        if job is not None:  # one failed job must not stop the sweep; its summary names it
-            return {"status": "failed", "error": str(err)}
-        sys.exit(2)
+        results = execute(config, job)
     except Exception as err:
-        if job is None or debug_requested(config):  # type: ignore[arg-type]
+        expected = isinstance(err, USER_ERRORS + (DivergenceError,))
+        if debug_requested(config) or (job is None and not expected):
             raise
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
-        return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-    if results["status"] == "skipped":
-        return results
-    print(
-        f"{results['run_id']}: total {results['final_total']:.6g} (content {results['final_content']:.6g}, "
-        f"style {results['final_style']:.6g}, tv {results['final_tv']:.6g}) in {results['total_s']:.1f} s",
-        file=sys.stderr,
-    )
+        message = str(err) if expected else f"{type(err).__name__}: {err}"
+        print(f"error: {message}", file=sys.stderr)
+        if job is None:
+            sys.exit(2)
+        results = {"status": "failed", "error": message}
+    objective = (config.get("tune") or {}).get("objective")
+    if objective:  # the Optuna sweeper minimises what the job returns, a bare number
+        if job is not None:
+            sweep.record_outcome(job, config, results)
+        return tune_value(results, objective)
+    if results["status"] == "finished":
+        print(
+            f"{results['run_id']}: total {results['final_total']:.6g} (content {results['final_content']:.6g}, "
+            f"style {results['final_style']:.6g}, tv {results['final_tv']:.6g}) in {results['total_s']:.1f} s",
+            file=sys.stderr,
+        )
     return results
 
 

@@ -195,6 +195,8 @@ class SweepCallback(Callback):
         if job is None:
             return
         value = getattr(job_return, "_return_value", None)
+        if isinstance(value, (int, float)):  # an Optuna objective: run.main recorded the outcome itself
+            return
         if isinstance(value, Mapping) and value.get("status") in ("finished", "skipped", "failed"):
             outcome = {"status": value["status"], "run_id": value.get("run_id"), "error": value.get("error")}
         else:  # the task raised (it should not: run.main turns errors into a failed result)
@@ -215,6 +217,17 @@ class SweepCallback(Callback):
         print(f"report: python -m ablation.report --sweep {parent['sweep_id']}", file=sys.stderr)
         if failed:
             sys.exit(1)
+
+
+def record_outcome(job: SweepJob, config: Mapping[str, Any], results: Mapping[str, Any]) -> None:
+    """Record a job's outcome from inside the job, for sweepers whose jobs must return a bare number."""
+    identity = {
+        "variant": str(config["variant"]["name"]),
+        "seed": config["run"]["seed"],
+        "overrides": list(HydraConfig.get().overrides.task),
+    }
+    outcome = {k: results.get(k) for k in ("status", "run_id", "error")}
+    record_job(MlflowClient(tracking.tracking_uri()), job, {**identity, **outcome})
 
 
 def _job_identity(config: DictConfig) -> dict[str, Any]:
