@@ -69,6 +69,13 @@ PARAMS = {
     "style_sizes_wh": "style_sizes",
     "run.iterations": "iterations",
     "run.precision": "precision",
+    "optim.name": "optim",
+}
+#: Loss weights a tuned run is described by (param -> column).
+TUNED_PARAMS = {
+    "loss.content_weight": "content_weight",
+    "loss.style_weight": "style_weight",
+    "loss.tv_weight": "tv_weight",
 }
 
 
@@ -284,6 +291,106 @@ def judge_table(runs: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     return markdown_table([""] + [label(v) for v in variants], body), frame
 
 
+def optimizer_table(runs: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """Each variant under each optimiser: its own final total and the judge's total (mean ± std over seeds)."""
+    variants = variant_order(list(runs["variant"].unique()))
+    optimisers = sorted(runs["optim"].unique(), key=lambda o: (o != "adam", o))
+    records = []
+    for (variant, optimiser), group in runs.groupby(["variant", "optim"]):
+        records.append(
+            {
+                "variant": variant,
+                "optim": optimiser,
+                **{f"{c}_mean": float(group[c].mean()) for c in ("final_total", "judge_total", "runtime_s")},
+                **{f"{c}_std": float(group[c].std()) for c in ("final_total", "judge_total", "runtime_s")},
+                "n_seeds": len(group),
+            }
+        )
+    frame = pd.DataFrame(records)
+    cell = {(r["variant"], r["optim"]): r for r in records}
+    header = ["Variant"] + [f"{h} ({o})" for o in optimisers for h in ("Own total", "Judge total", "Runtime")]
+    body = []
+    for v in variants:
+        line = [label(v)]
+        for o in optimisers:
+            r = cell.get((v, o))
+            line += (
+                ["—"] * 3
+                if r is None
+                else [
+                    format_cell(r["final_total_mean"], r["final_total_std"]),
+                    format_cell(r["judge_total_mean"], r["judge_total_std"]),
+                    format_cell(r["runtime_s_mean"], r["runtime_s_std"], runtime=True),
+                ]
+            )
+        body.append(line)
+    return markdown_table(header, body), frame
+
+
+def tuned_runs(client: MlflowClient, experiment_id: str, iterations: str, content_size: str) -> pd.DataFrame:
+    """Finished tuning trials (experiment=tune) at the sweep's iterations and content size, one row each."""
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"params.`tune.objective` = 'judge_total' and params.`run.iterations` = '{iterations}' "
+        f"and params.content_size_wh = '{content_size}' and attributes.status = 'FINISHED'",
+        max_results=5000,
+    )
+    rows = [
+        {
+            "variant": r.data.tags.get("variant", ""),
+            "run_id": r.info.run_id,
+            "judge_total": r.data.metrics.get("judge_total", float("nan")),
+            **{column: float(r.data.params[key]) for key, column in TUNED_PARAMS.items()},
+        }
+        for r in found
+    ]
+    return pd.DataFrame(rows, columns=["variant", "run_id", "judge_total", *TUNED_PARAMS.values()])
+
+
+def tuned_table(trials: pd.DataFrame, runs: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """Each variant at its best tuned loss weights beside the same variant at upstream's weights (this sweep)."""
+    default = summary_stats(runs, "judge_total")
+    records = []
+    for variant in variant_order(list(trials["variant"].unique())):
+        group = trials[trials["variant"] == variant]
+        best = group.sort_values(["judge_total", "run_id"]).iloc[0]
+        at_default = float(default.loc[variant, "mean"]) if variant in default.index else float("nan")
+        records.append(
+            {
+                "variant": variant,
+                "trials": len(group),
+                **{c: float(best[c]) for c in TUNED_PARAMS.values()},
+                "judge_total_tuned": float(best["judge_total"]),
+                "judge_total_default_weights": at_default,
+                "change_pct": percent_change(float(best["judge_total"]), at_default),
+                "run_id": best["run_id"],
+            }
+        )
+    frame = pd.DataFrame(records)
+    header = [
+        "Variant",
+        "Trials",
+        "Content w.",
+        "Style w.",
+        "TV w.",
+        "Judge total, tuned",
+        "At default weights",
+        "Change",
+    ]
+    body = [
+        [
+            label(r["variant"]),
+            str(r["trials"]),
+            *(format_number(r[c]) for c in TUNED_PARAMS.values()),
+            format_number(r["judge_total_tuned"]),
+            format_number(r["judge_total_default_weights"]) if np.isfinite(r["judge_total_default_weights"]) else "—",
+            format_change(r["change_pct"]),
+        ]
+        for r in records
+    ]
+    return markdown_table(header, body), frame
+
+
 def runs_table(runs: pd.DataFrame) -> str:
     body = [
         [
@@ -417,10 +524,25 @@ JUDGE_WHY = (
 )
 
 
+OPTIM_WHY = (
+    "Upstream optimises with Adam; the original paper used L-BFGS. Both rows use the same loss, so each variant's own "
+    "totals compare the optimisers for that network, and the judge's totals compare everything on one scale."
+)
+TUNED_WHY = (
+    "The report keeps loss weights tuned for VGG19 with max pooling, so part of each difference it measures is how "
+    "well those weights suit another network. Here each variant's content, style and TV weights were searched "
+    "(experiment=tune, Optuna, log scales) to minimise the judge's total, which always uses upstream's weights "
+    "(5, 500, 100), at this sweep's iteration budget and image size."
+)
+
+
 def write_report(client: MlflowClient, result: Sweep, out_dir: Path) -> Path:
     """All files of the report into ``out_dir``; returns the Markdown file."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = result.runs
+    all_runs = result.runs
+    several_optimisers = all_runs["optim"].nunique() > 1
+    # the report's tables and the judge table are about upstream's optimiser; other optimisers get their own table
+    runs = all_runs[all_runs["optim"] == "adam"] if several_optimisers else all_runs
     parts = [header(result), "", "## Tables of the report, measured", ""]
     parts += [
         "Measured values are the mean ± sample standard deviation over seeds of each run's final losses, "
@@ -441,6 +563,26 @@ def write_report(client: MlflowClient, result: Sweep, out_dir: Path) -> Path:
     judge_md, judge_frame = judge_table(runs)
     judge_frame.to_csv(out_dir / "judge.csv", index=False, float_format="%.9g")
     parts += ["## One judge for every variant", "", JUDGE_WHY, "", judge_md, "", "CSV: [judge.csv](judge.csv)", ""]
+    if several_optimisers:
+        optim_md, optim_frame = optimizer_table(all_runs)
+        optim_frame.to_csv(out_dir / "optimizers.csv", index=False, float_format="%.9g")
+        parts += ["## Optimisers", "", OPTIM_WHY, "", optim_md, "", "CSV: [optimizers.csv](optimizers.csv)", ""]
+    trials = tuned_runs(
+        client, result.parent.info.experiment_id, str(runs["iterations"].iloc[0]), str(runs["content_size"].iloc[0])
+    )
+    if len(trials):
+        tuned_md, tuned_frame = tuned_table(trials, runs)
+        tuned_frame.to_csv(out_dir / "tuned.csv", index=False, float_format="%.9g")
+        parts += [
+            "## Each variant at its best loss weights",
+            "",
+            TUNED_WHY,
+            "",
+            tuned_md,
+            "",
+            "CSV: [tuned.csv](tuned.csv)",
+            "",
+        ]
     image_grid(client, runs, out_dir / "grid.png")
     loss_curves(client, runs, out_dir / "curves.png")
     parts += ["## Images", "", "![content, style and each variant's output](grid.png)", ""]

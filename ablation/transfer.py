@@ -162,7 +162,7 @@ class TransferState:
 
 def new_state(image: torch.Tensor, settings: AdamSettings | LBFGSSettings = AdamSettings()) -> TransferState:
     """The optimised image (a fresh leaf tensor) and its optimiser."""
-    param = image.detach().clone().requires_grad_(True)
+    param = image.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
     if isinstance(settings, LBFGSSettings):
         optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
             [param], lr=settings.lr, max_iter=1, history_size=settings.history_size,
