@@ -38,12 +38,12 @@ class MemoryEstimateError(ValueError):
 
 @dataclass(frozen=True)
 class Estimate:
-    loop_bytes: int  # activations kept for backward, gradients, image-sized state
-    fixed_bytes: int  # weights, targets, one style forward pass
+    pixel_bytes: int  # grows with the pixel count: activations, gradients, image-sized state, targets
+    fixed_bytes: int  # does not: the weights (loaded, then copied into the network) and the Grams
 
     @property
     def total_bytes(self) -> int:
-        return self.loop_bytes + self.fixed_bytes
+        return self.pixel_bytes + self.fixed_bytes
 
 
 def layer_sizes(arch: str, last_layer: str, height: int, width: int) -> list[tuple[str, int]]:
@@ -73,8 +73,8 @@ def transfer_bytes(
         s = [n for _, n in layer_sizes(arch, last_layer, *hw)]
         style_peak = max(style_peak, FLOAT_BYTES * max(a + b for a, b in zip(s, s[1:] + [0], strict=True)))
     weights = FLOAT_BYTES * sum(9 * i * o + o for _, i, o in conv_shapes(arch))
-    targets = FLOAT_BYTES * (max(elements) + sum(c * c for c in STAGE_CHANNELS) * max(1, len(styles_hw)))
-    return Estimate(batch * per_image, style_peak + 2 * weights + targets)
+    grams = FLOAT_BYTES * sum(c * c for c in STAGE_CHANNELS) * max(1, len(styles_hw))
+    return Estimate(batch * per_image + style_peak + FLOAT_BYTES * max(elements), 2 * weights + grams)
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -126,7 +126,8 @@ def check_fits(spec: RunSpec, device: torch.device, batch: int = 1) -> Estimate:
     free = available_bytes(device)
     if free is not None and estimate.total_bytes > free:
         width = content_hw[1]
-        fits = max(0, int(width * math.sqrt(max(free - estimate.fixed_bytes, 0) / estimate.total_bytes) * 0.9))
+        room = max(free - estimate.fixed_bytes, 0) / estimate.pixel_bytes  # memory grows with width squared
+        fits = int(width * math.sqrt(room) * 0.9)
         raise MemoryEstimateError(
             f"a {content_hw[1]}x{content_hw[0]} px transfer (images.width={spec.images.width}) needs about "
             f"{estimate.total_bytes / 2**30:.1f} GiB on {device}, which has {free / 2**30:.1f} GiB free: "
