@@ -176,7 +176,8 @@ class RunLog:
 
     def __init__(self, client: MlflowClient, experiment_id: str, run_name: str, tags: Mapping[str, str]) -> None:
         self.client = client
-        self.run = client.create_run(experiment_id, run_name=run_name, tags=redact(tags))
+        name = redact({"run_name": run_name})["run_name"]
+        self.run = client.create_run(experiment_id, run_name=name, tags=redact(tags))
         self.run_id = self.run.info.run_id
         self._pending: list[Metric] = []
 
