@@ -96,10 +96,10 @@ def open_store(experiment: str) -> tuple[MlflowClient, str]:
     """
     uri = tracking_uri()
     probe_server(uri)
-    client = MlflowClient(tracking_uri=uri)
     db = _sqlite_path(uri)
     try:
         with _store_lock(uri):
+            client = MlflowClient(tracking_uri=uri)  # creates (and migrates) a sqlite store: inside the lock
             found = client.get_experiment_by_name(experiment)
             if found is not None:
                 return client, found.experiment_id
