@@ -18,7 +18,7 @@ SWEEP_ARGS ?=
 SWEEP ?=
 
 comma := ,
-.PHONY: install demo test lint ui sweep report tune
+.PHONY: install demo test lint ui server sweep report tune
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,3 +54,11 @@ lint: install
 
 ui: install  ## MLflow UI on the project's store, bound to 127.0.0.1
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000
+
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 5000
+STORE_DIR ?= $(CURDIR)/runs
+server: install  ## MLflow tracking server on the project's store; set MLFLOW_TRACKING_URI=http://$(SERVER_HOST):$(SERVER_PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server \
+		--backend-store-uri sqlite:///$(STORE_DIR)/mlflow.db --artifacts-destination $(STORE_DIR)/artifacts \
+		--host $(SERVER_HOST) --port $(SERVER_PORT) --workers 1

@@ -94,3 +94,25 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)
     return path
+
+
+#: EXIF orientations (tag 274) that swap width and height when applied.
+_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
+
+
+def image_size_wh(path: str | Path, exif_transpose: bool = True) -> tuple[int, int]:
+    """(w, h) as :func:`read_rgb` would return it, from the header only (no pixels decoded).
+
+    Lets a run check sizes and memory before a huge image is decoded or upscaled.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if exif_transpose and img.getexif().get(274) in _TRANSPOSING_ORIENTATIONS:
+                w, h = h, w
+            return w, h
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ImageError(f"cannot read {path} as an image ({err}): give a JPEG or PNG file") from err

@@ -102,9 +102,11 @@ def build_network(spec: RunSpec, weights: VGGWeights, device: torch.device) -> V
 
 def prepare(spec: RunSpec, device: torch.device, weights: VGGWeights | None = None) -> Problem:
     """Load weights (unless given) and images, build the truncated network, compute the targets."""
+    images = load_images(
+        spec.images, spec.match_style_colors
+    )  # first: a bad image is refused before weights are fetched
     if weights is None:
         weights = load_weights(spec.weights.source, spec.network.arch, **spec.weights.options)
-    images = load_images(spec.images, spec.match_style_colors)
     pixels = PixelSpace(weights.mean_pixel)
     net = build_network(spec, weights, device)
     content = pixels.encode(images.content, device)

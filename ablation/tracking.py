@@ -8,10 +8,15 @@ runs under Default.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,34 +38,84 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{RUNS_DIR / 'mlflow.db'}"
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive file lock beside a sqlite store while it is created and its experiment made.
+
+    Without it, jobs starting together on a fresh store race to create MLflow's tables (``table
+    experiments already exists``) and the experiment. Other stores serialise this themselves.
+    """
+    path = _sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def probe_server(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail within ``timeout_s`` when an http(s) tracking server does not answer.
+
+    MLflow's own client retries a refused connection for minutes (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
+    backoff doubling); those retries are right during a long run, wrong for the first contact.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered: a proxy or an older server without /health; the client will tell more
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(
+            f"MLFLOW_TRACKING_URI={redact_uri(uri)} does not answer ({reason}): start it (make server) "
+            "or unset MLFLOW_TRACKING_URI to use runs/mlflow.db"
+        ) from None
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without a password (``http://user:secret@host`` -> ``http://user:***@host``)."""
+    return re.sub(r"(//[^/:@]+):[^/@]*@", r"\1:***@", uri)
+
+
 def open_store(experiment: str) -> tuple[MlflowClient, str]:
-    """Client and experiment id, creating the experiment once (artifacts under runs/ for the default store).
+    """Client and experiment id, creating the experiment once (artifacts beside a sqlite store).
 
     Raises :class:`TrackingError` before anything is computed when the store cannot be reached.
+    Safe for jobs that start together on a fresh sqlite store (see :func:`_store_lock`).
     """
     uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri)
+    probe_server(uri)
+    db = _sqlite_path(uri)
     try:
-        found = client.get_experiment_by_name(experiment)
-        if found is not None:
-            return client, found.experiment_id
-        # a sqlite store keeps its artifacts beside it (MLflow's default is ./mlruns under the current folder)
-        location = (
-            (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
-            if uri.startswith("sqlite:///")
-            else None
-        )
-        try:
-            return client, client.create_experiment(experiment, artifact_location=location)
-        except MlflowException:  # created meanwhile by a parallel job
+        with _store_lock(uri):
+            client = MlflowClient(tracking_uri=uri)  # creates (and migrates) a sqlite store: inside the lock
             found = client.get_experiment_by_name(experiment)
-            if found is None:
-                raise
-            return client, found.experiment_id
+            if found is not None:
+                return client, found.experiment_id
+            location = (db.parent / "artifacts").as_uri() if db is not None else None
+            try:
+                return client, client.create_experiment(experiment, artifact_location=location)
+            except MlflowException:  # created meanwhile by a job on another machine
+                found = client.get_experiment_by_name(experiment)
+                if found is None:
+                    raise
+                return client, found.experiment_id
+    except TrackingError:
+        raise
     except Exception as err:  # noqa: BLE001 - any failure here means the store is unusable
-        raise TrackingError(f"cannot use the MLflow store {uri}: {str(err).splitlines()[0][:300]}") from err
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise TrackingError(f"cannot use the MLflow store {redact_uri(uri)}: {first_line}") from err
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -75,22 +130,77 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+#: Names whose values are secrets: never stored as params or tags.
+SECRET_NAME = re.compile(r"(?i)(password|passwd|secret|token|api_?key|credential|auth|private_?key)")
+REDACTED = "<redacted>"
+
+
+def secret_values(environ: Mapping[str, str] | None = None) -> set[str]:
+    """Values of environment variables whose names look secret (at least 6 characters, to avoid noise)."""
+    environ = os.environ if environ is None else environ
+    return {v for k, v in environ.items() if SECRET_NAME.search(k) and len(v) >= 6}
+
+
+def redact(values: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``values`` as strings, with secrets replaced by ``<redacted>``.
+
+    A value is secret when its key looks secret (``tracking.api_token``) or when it contains the value
+    of a secret-looking environment variable (a config that interpolated ``${oc.env:HF_TOKEN}``).
+    A password in a URI is masked too.
+    """
+    secrets = secret_values(environ)
+    clean: dict[str, str] = {}
+    for key, value in values.items():
+        text = str(value)
+        if SECRET_NAME.search(key.rsplit(".", 1)[-1]) or any(s in text for s in secrets):
+            text = REDACTED
+        clean[key] = redact_uri(text) if "://" in text else text
+    return clean
+
+
+def safe_artifact_path(path: str | None) -> str | None:
+    """An artifact path that stays inside the run's folder, whatever config value it was built from.
+
+    Each part keeps only letters, digits, ``.``, ``_``, ``-`` and ``=`` (others become ``_``); empty,
+    ``.`` and ``..`` parts are dropped, so ``../../x`` becomes ``x`` and ``/etc/passwd`` ``etc/passwd``.
+    """
+    if path is None:
+        return None
+    parts = [re.sub(r"[^A-Za-z0-9._=-]", "_", p) for p in re.split(r"[\\/]+", str(path))]
+    parts = [p for p in parts if p.strip(".")]
+    return "/".join(parts) or None
+
+
 class RunLog:
     """One MLflow run; step metrics are buffered and sent with ``log_batch``."""
 
     def __init__(self, client: MlflowClient, experiment_id: str, run_name: str, tags: Mapping[str, str]) -> None:
         self.client = client
-        self.run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+        name = redact({"run_name": run_name})["run_name"]
+        self.run = client.create_run(experiment_id, run_name=name, tags=redact(tags))
         self.run_id = self.run.info.run_id
         self._pending: list[Metric] = []
 
+    @classmethod
+    def reopen(cls, client: MlflowClient, run_id: str) -> RunLog:
+        """Continue an existing (KILLED or FAILED) run: it is RUNNING again, its history kept."""
+        log = cls.__new__(cls)
+        log.client = client
+        client.update_run(run_id, status="RUNNING")
+        log.run = client.get_run(run_id)
+        if "error" in log.run.data.tags:
+            client.delete_tag(run_id, "error")
+        log.run_id = run_id
+        log._pending = []
+        return log
+
     def params(self, params: Mapping[str, Any]) -> None:
-        items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()]
+        items = [Param(k, v[:MAX_PARAM_CHARS]) for k, v in redact(params).items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def tags(self, tags: Mapping[str, Any]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v[:5000]) for k, v in redact(tags).items()])
 
     def metrics(self, values: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
@@ -109,10 +219,18 @@ class RunLog:
             self.client.log_batch(self.run_id, metrics=batch)
 
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), folder)
+        """Store a local file under ``folder`` (sanitised: it cannot leave the run's artifact folder)."""
+        path = Path(path)
+        if safe_artifact_path(path.name) != path.name:
+            raise ValueError(f"artifact file name {path.name!r} is not safe: use letters, digits, '.', '_', '-'")
+        self.client.log_artifact(self.run_id, str(path), safe_artifact_path(folder))
 
     def text(self, text: str, name: str) -> None:
-        self.client.log_text(self.run_id, text, name)
+        """Store ``text`` as ``name`` (sanitised like :func:`safe_artifact_path`)."""
+        safe = safe_artifact_path(name)
+        if safe is None:
+            raise ValueError(f"artifact name {name!r} is empty after sanitising: give a file name")
+        self.client.log_text(self.run_id, text, safe)
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
         """Flush what is pending and set the final status (FINISHED, FAILED or KILLED)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ablation.network import conv_shapes, layer_names
+from ablation.network import ARCHITECTURES, conv_shapes, layer_names
 
 #: upstream's (and Caffe VGG's) ImageNet mean pixel, RGB 0-255.
 CAFFE_MEAN_PIXEL = (123.68, 116.779, 103.939)
@@ -84,6 +84,16 @@ def random_weights(arch: str, seed: int = 0) -> VGGWeights:
     return VGGWeights(arch, convs, CAFFE_MEAN_PIXEL, "random", sha256_tensors(convs), f"seed={seed}")
 
 
+def _layout_hint(by_index: dict[int, dict[str, torch.Tensor]], arch: str) -> str:
+    """'it looks like vgg16: use variant.arch=vgg16; ' when the 4-D weights sit where another arch has its convs."""
+    found = {i for i, entry in by_index.items() if getattr(entry.get("weight"), "ndim", 0) == 4}
+    for other in ARCHITECTURES:
+        names = layer_names(other)
+        if other != arch and found == {names.index(n) for n, _, _ in conv_shapes(other)}:
+            return f"its {len(found)} convs sit where {other} has them: use a {arch} file or a {other} variant; "
+    return f"{len(found)} conv weights found, {arch} has {len(conv_shapes(arch))}; "
+
+
 def _convs_from_state_dict(state: dict[str, torch.Tensor], arch: str, origin: str) -> list:
     """Pick features.N.weight / N.weight for every conv of ``arch`` (N = torchvision's index)."""
     names = layer_names(arch)
@@ -99,7 +109,7 @@ def _convs_from_state_dict(state: dict[str, torch.Tensor], arch: str, origin: st
         if "weight" not in entry or "bias" not in entry:
             raise WeightsError(
                 f"{origin} has no features.{index}.weight/bias for {name}: it is not a torchvision-layout "
-                f"{arch} state dict (keys found: {sorted(state)[:4]}...)"
+                f"{arch} state dict ({_layout_hint(by_index, arch)}keys found: {sorted(state)[:4]}...)"
             )
         weight, bias = entry["weight"].float(), entry["bias"].float()
         if tuple(weight.shape) != (out_ch, in_ch, 3, 3):

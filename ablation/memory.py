@@ -1,0 +1,136 @@
+"""Will the transfer fit? An estimate of its memory from the image sizes, checked before anything is allocated.
+
+Autograd keeps every activation of the truncated network until the backward pass: each conv's input,
+each activation's output, each max pool's input and its int64 indices. So for a batch of B images of
+H x W the loop holds about
+
+    B * (4 * sum_l C_l H_l W_l  +  8 * sum_maxpool C_l H_l W_l  +  2 * 4 * max_l C_l H_l W_l)  bytes
+
+(the last term: the gradient flowing back through the largest layer and its input's gradient), plus
+the image, Adam's two moments and the best image (4 image-sized tensors), the content image's target
+activations, one style image's forward pass without gradients (its two largest consecutive layers)
+and the conv weights. A huge ``images.width`` is refused with the width that would fit, instead of a
+crash deep in torch (or the OOM killer) after minutes of setup.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ablation.data import resolve_image
+from ablation.images import content_size, image_size_wh, style_size
+from ablation.network import STAGE_CHANNELS, conv_shapes, layer_names
+from ablation.spec import RunSpec
+
+FLOAT_BYTES = 4
+INDEX_BYTES = 8
+
+
+class MemoryEstimateError(ValueError):
+    """The run would need more memory than the device has; the message says what size would fit."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    pixel_bytes: int  # grows with the pixel count: activations, gradients, image-sized state, targets
+    fixed_bytes: int  # does not: the weights (loaded, then copied into the network) and the Grams
+
+    @property
+    def total_bytes(self) -> int:
+        return self.pixel_bytes + self.fixed_bytes
+
+
+def layer_sizes(arch: str, last_layer: str, height: int, width: int) -> list[tuple[str, int]]:
+    """(layer name, elements per image) for every layer up to ``last_layer``; pools halve with ceil (SAME)."""
+    channels = {name: out for name, _, out in conv_shapes(arch)}
+    sizes, h, w, c = [], height, width, 3
+    for name in layer_names(arch)[: layer_names(arch).index(last_layer) + 1]:
+        if name.startswith("pool"):
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        elif name.startswith("conv"):
+            c = channels[name]
+        sizes.append((name, c * h * w))
+    return sizes
+
+
+def transfer_bytes(
+    arch: str, last_layer: str, pooling: str, content_hw: tuple[int, int], styles_hw: list[tuple[int, int]], batch: int
+) -> Estimate:
+    """The estimate in the module docstring, in bytes."""
+    sizes = layer_sizes(arch, last_layer, *content_hw)
+    elements = [n for _, n in sizes]
+    pools = sum(n for name, n in sizes if name.startswith("pool")) if pooling == "max" else 0
+    image = 3 * content_hw[0] * content_hw[1]
+    per_image = FLOAT_BYTES * (sum(elements) + 2 * max(elements) + 4 * image) + INDEX_BYTES * pools
+    style_peak = 0
+    for hw in styles_hw:
+        s = [n for _, n in layer_sizes(arch, last_layer, *hw)]
+        style_peak = max(style_peak, FLOAT_BYTES * max(a + b for a, b in zip(s, s[1:] + [0], strict=True)))
+    weights = FLOAT_BYTES * sum(9 * i * o + o for _, i, o in conv_shapes(arch))
+    grams = FLOAT_BYTES * sum(c * c for c in STAGE_CHANNELS) * max(1, len(styles_hw))
+    return Estimate(batch * per_image + style_peak + FLOAT_BYTES * max(elements), 2 * weights + grams)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device``: CUDA's free memory, else RAM available to this process (cgroup limit
+    included, as under SLURM or Docker). None when it cannot be told (MPS shares RAM: RAM is used)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    available = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except OSError:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            available = None
+    limit, used = Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")
+    try:
+        if limit.is_file() and limit.read_text().strip() != "max":
+            headroom = int(limit.read_text()) - int(used.read_text())
+            available = headroom if available is None else min(available, headroom)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def _header(name: str, exif_transpose: bool) -> np.ndarray:
+    """A zero-byte array shaped like the image (the sizing functions read only ``shape``)."""
+    w, h = image_size_wh(resolve_image(name), exif_transpose)
+    return np.empty((h, w, 0), dtype=np.uint8)
+
+
+def planned_sizes(spec: RunSpec) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """(h, w) of the content and of each style image after upstream's resizing, from the files' headers."""
+    cw, ch = content_size(_header(spec.images.content, spec.images.exif_transpose), spec.images.width)
+    styles = []
+    for name, scale in zip(spec.images.styles, spec.images.style_scales, strict=True):
+        sw, sh = style_size(_header(name, spec.images.exif_transpose), cw, scale)
+        styles.append((sh, sw))
+    return (ch, cw), styles
+
+
+def check_fits(spec: RunSpec, device: torch.device, batch: int = 1) -> Estimate:
+    """Refuse a run whose estimate exceeds the free memory of ``device``, naming a width that fits."""
+    content_hw, styles_hw = planned_sizes(spec)
+    estimate = transfer_bytes(spec.network.arch, spec.last_layer, spec.network.pooling, content_hw, styles_hw, batch)
+    free = available_bytes(device)
+    if free is not None and estimate.total_bytes > free:
+        width = content_hw[1]
+        room = max(free - estimate.fixed_bytes, 0) / estimate.pixel_bytes  # memory grows with width squared
+        fits = int(width * math.sqrt(room) * 0.9)
+        raise MemoryEstimateError(
+            f"a {content_hw[1]}x{content_hw[0]} px transfer (images.width={spec.images.width}) needs about "
+            f"{estimate.total_bytes / 2**30:.1f} GiB on {device}, which has {free / 2**30:.1f} GiB free: "
+            f"use images.width={fits} or less (or run.memory_check=false to try anyway)"
+        )
+    return estimate

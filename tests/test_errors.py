@@ -1,0 +1,208 @@
+"""Bad input: one clear line naming the value and the fix, a non-zero exit, and the store left as it was.
+
+Most cases go through ``ablation.run.execute`` in-process (the exception and its message are what the
+CLI prints after ``error:``); a few go through the real ``python -m ablation.run`` for the exit code,
+the single line and the absence of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from mlflow.tracking import MlflowClient
+
+from ablation import tracking
+from ablation.data import DataError
+from ablation.images import ImageError
+from ablation.memory import MemoryEstimateError, layer_sizes, transfer_bytes
+from ablation.run import _CLI_MARK, USER_ERRORS, debug_requested, execute, one_line
+from ablation.spec import SpecError
+from ablation.weights import WeightsError, load_weights, random_weights
+from tests.rel_support import PYTHON, ROOT, config, run_overrides, store_env
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One store per module holding one finished run, which no refused run may disturb."""
+    folder = tmp_path_factory.mktemp("store")
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    execute(config(run_overrides(folder, 2)))
+    yield folder
+    if old is None:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+def only_the_first_run(folder: Path) -> None:
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("nst-ablation").experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED"]
+
+
+def refused(store: Path, extra: list[str], error: type, pattern: str) -> str:
+    with pytest.raises(error, match=pattern) as caught:
+        execute(config(run_overrides(store, 2) + extra))
+    message = str(caught.value)
+    assert "\n" not in message and isinstance(caught.value, USER_ERRORS)
+    only_the_first_run(store)
+    return message
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ("run.iterations=0", r"run\.iterations=0 must be > 0"),
+        ("run.iterations=-3", r"run\.iterations=-3 must be > 0"),
+        ("loss.style_weight=-1", r"loss\.style_weight=-1\.0 must be >= 0"),
+        ("loss.tv_weight=-0.5", r"loss\.tv_weight=-0\.5 must be >= 0"),
+        ("optim.lr=0", r"optim\.lr=0\.0 must be > 0"),
+        ("loss.content_blend=1.5", r"loss\.content_blend=1\.5 must be in \[0, 1\]"),
+        ("run.init_noise_blend=-0.1", r"run\.init_noise_blend=-0\.1 must be in \[0, 1\]"),
+        ("images.style_blend=[0]", r"images\.style_blend=\[0\.0\] sums to 0"),
+    ],
+)
+def test_bad_numbers_are_refused(store: Path, override: str, pattern: str) -> None:
+    refused(store, [override], SpecError, pattern)
+
+
+def test_missing_and_unreadable_images(store: Path, tmp_path: Path) -> None:
+    refused(store, [f"images.content={tmp_path / 'nope.jpg'}"], DataError, r"image file not found: .*nope\.jpg")
+    (tmp_path / "text.png").write_text("hello")
+    refused(store, [f"images.styles=[{tmp_path / 'text.png'}]"], ImageError, r"text\.png as an image")
+
+
+def test_image_too_small_for_the_network(store: Path) -> None:
+    """16 px halves four times to 1 px at relu5_1; 8 px would vanish: refused with the fix."""
+    refused(store, ["images.width=8"], ImageError, r"is 8x8 px after resizing: the network needs at least 16 px")
+
+
+def test_memory_estimate_refuses_a_size_that_cannot_fit(store: Path) -> None:
+    message = refused(store, ["images.width=200000"], MemoryEstimateError, r"200000x200000 px transfer")
+    suggested = int(message.split("use images.width=")[1].split()[0])
+    assert 16 <= suggested < 200000
+
+
+def test_memory_estimate_by_hand() -> None:
+    """vgg19 up to relu1_1 on 4x4: conv1_1 and relu1_1 each hold 64*16 = 1024 floats.
+
+    per image: 4 * (2048 + 2*1024 + 4*48) = 17152 bytes; no pools. Plus the style pass's peak 4*(1024+1024)
+    and the content target 4*1024. Fixed: weights 2 * 4 * all vgg19 conv parameters (20,024,384) and
+    Grams 4 * (64^2+128^2+256^2+2*512^2).
+    """
+    assert layer_sizes("vgg19", "relu1_1", 4, 4) == [("conv1_1", 1024), ("relu1_1", 1024)]
+    estimate = transfer_bytes("vgg19", "relu1_1", "max", (4, 4), [(4, 4)], batch=2)
+    assert estimate.pixel_bytes == 2 * 17152 + 4 * 2048 + 4 * 1024
+    assert estimate.fixed_bytes == 2 * 4 * 20_024_384 + 4 * (4096 + 16384 + 65536 + 2 * 262144)
+    assert layer_sizes("vgg19", "pool1", 5, 3)[-1] == ("pool1", 64 * 3 * 2)  # SAME pooling rounds up
+
+
+def test_weights_of_the_wrong_architecture_name_layer_and_shapes(tmp_path: Path) -> None:
+    vgg16 = {
+        f"features.{i}.weight": w
+        for i, (w, _) in zip(
+            [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28], random_weights("vgg16").convs, strict=True
+        )
+    }
+    vgg16 |= {
+        f"features.{i}.bias": b
+        for i, (_, b) in zip(
+            [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28], random_weights("vgg16").convs, strict=True
+        )
+    }
+    torch.save(vgg16, tmp_path / "vgg16.pth")
+    with pytest.raises(WeightsError, match=r"no features\.16\.weight/bias for conv3_4.*sit where vgg16 has them"):
+        load_weights("file", "vgg19", path=tmp_path / "vgg16.pth")
+
+    wrong = dict(vgg16)
+    wrong["features.2.weight"] = torch.zeros(32, 64, 3, 3)
+    torch.save(wrong, tmp_path / "wrong.pth")
+    with pytest.raises(
+        WeightsError, match=r"conv1_2 \(features\.2\.weight\) has shape \(32, 64, 3, 3\), vgg16 needs \(64, 64, 3, 3\)"
+    ):
+        load_weights("file", "vgg16", path=tmp_path / "wrong.pth")
+
+    (tmp_path / "junk.pth").write_bytes(np.random.RandomState(0).bytes(256))
+    with pytest.raises(WeightsError, match=r"cannot read .*junk\.pth as a torch state dict"):
+        load_weights("file", "vgg19", path=tmp_path / "junk.pth")
+    (tmp_path / "junk.mat").write_bytes(b"MATLAB? no")
+    with pytest.raises(WeightsError, match=r"cannot read .*junk\.mat as a MatConvNet \.mat file"):
+        load_weights("matconvnet", "vgg19", path=tmp_path / "junk.mat")
+
+
+def test_weights_that_cannot_be_downloaded_say_where_to_put_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No network here, and none in CI either: a proxy on a closed port makes the refusal certain."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(WeightsError, match=r"cannot download .*vgg19.*: put that file at .*checkpoints/vgg19"):
+        load_weights("torchvision", "vgg19")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_tracking_server_fails_before_computing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:hunter2secret@127.0.0.1:{free_port()}")
+    started = time.perf_counter()
+    with pytest.raises(
+        tracking.TrackingError, match=r"MLFLOW_TRACKING_URI=http://user:\*\*\*@127\.0\.0\.1:\d+ does not answer"
+    ) as caught:
+        execute(config(run_overrides(tmp_path, 2)))
+    assert time.perf_counter() - started < 10  # not MLflow's minutes of retries
+    assert "hunter2secret" not in str(caught.value)
+
+
+def test_unknown_variant_lists_the_choices_in_one_line() -> None:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        with pytest.raises(HydraException) as caught:
+            compose("config", ["variant=nope"])
+    assert one_line(caught.value) == (
+        "variant=nope is not a choice: choose one of avg_pool, leaky_relu, original, tanh_final, vgg16, vgg16_tanh "
+        "(or add conf/variant/nope.yaml)"
+    )
+
+
+def cli(args: list[str], folder: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "-m", "ablation.run", *args], cwd=ROOT, env=store_env(folder) | env, capture_output=True, text=True
+    )
+
+
+def test_cli_unknown_variant_and_bad_value_one_line_exit_2(tmp_path: Path) -> None:
+    done = cli(run_overrides(tmp_path) + ["variant=nope"], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: variant=nope is not a choice: choose one of avg_pool, leaky_relu, original, tanh_final, vgg16, "
+        "vgg16_tanh (or add conf/variant/nope.yaml)"
+    )
+    done = cli(run_overrides(tmp_path) + ["optim.lr=-1"], tmp_path)
+    assert (done.returncode, done.stderr.strip()) == (2, "error: optim.lr=-1.0 must be > 0")
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the store was touched
+
+
+def test_traceback_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cli() sets HYDRA_FULL_ERROR=1 itself, marked, to catch Hydra's errors: that alone must not mean 'debug'."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    assert not debug_requested({"run": {"debug": False}})
+    assert debug_requested({"run": {"debug": True}})
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    assert debug_requested({"run": {}})
+    monkeypatch.setenv(_CLI_MARK, "1")
+    assert not debug_requested({"run": {}})
