@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ablation.transfer import AdamSettings, TransferState, new_state
+from ablation.transfer import AdamSettings, LBFGSSettings, TransferState, new_state
 
 CHECKPOINT_FORMAT = 1
 #: The artifact path of a run's latest checkpoint.
@@ -63,7 +63,8 @@ def save_checkpoint(state: TransferState, history: np.ndarray, path: str | Path,
         "step": int(state.step),
         "image": state.image.detach().cpu(),
         "optimizer": state.optimizer.state_dict(),
-        "adam": asdict(state.adam),
+        "optimizer_kind": "lbfgs" if isinstance(state.settings, LBFGSSettings) else "adam",
+        "optimizer_settings": asdict(state.settings),
         "best_image": None if state.best_image is None else state.best_image.detach().cpu(),
         "best_total": None if state.best_total is None else state.best_total.detach().cpu(),
         "best_step": None if state.best_step is None else state.best_step.detach().cpu(),
@@ -90,7 +91,8 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[TransferSta
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of format {CHECKPOINT_FORMAT}: start with run.resume=false")
-    state = new_state(payload["image"].to(device), AdamSettings(**payload["adam"]))
+    kind = LBFGSSettings if payload.get("optimizer_kind") == "lbfgs" else AdamSettings
+    state = new_state(payload["image"].to(device), kind(**payload["optimizer_settings"]))
     state.optimizer.load_state_dict(payload["optimizer"])
     state.step = int(payload["step"])
     if payload["best_total"] is not None:

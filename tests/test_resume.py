@@ -41,7 +41,7 @@ def test_checkpoint_round_trip_continues_bit_for_bit(tmp_path: Path) -> None:
     problem = prepare(spec, torch.device("cpu"))
 
     def fresh():
-        return new_state(problem.start_image([0]), spec.adam)
+        return new_state(problem.start_image([0]), spec.optim)
 
     straight = [p.losses[-1, 0].copy() for p in stylize(problem.net, problem.targets, fresh(), ITERATIONS, 1, 2)][-1]
 
@@ -65,7 +65,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(store: Path) -> None:
 
     cfg = config(overrides)
     with pytest.raises(Interrupted) as caught:
-        execute(cfg, StopRequest(at_step=4))
+        execute(cfg, stop=StopRequest(at_step=4))
     run_id = caught.value.run_id
     client = MlflowClient()
     killed = client.get_run(run_id)

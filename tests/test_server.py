@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from ablation import report
 from tests.rel_support import PYTHON, ROOT, run_overrides, store_env
 
 #: launcher name -> extra Hydra arguments for ``python -m ablation.run -m``
-SWEEPS: dict[str, list[str]] = {"basic": []}
+SWEEPS: dict[str, list[str]] = {"submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]}
 
 
 def free_port() -> int:
@@ -107,7 +108,10 @@ def test_two_variant_sweep_against_a_real_server(server: str, tmp_path: Path, la
     assert done.returncode == 0, done.stderr[-3000:]
 
     experiment = api(server, "experiments/get-by-name", query={"experiment_name": "nst-ablation"})["experiment"]
-    runs = api(server, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+    found = api(server, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+    roles = [{t["key"]: t["value"] for t in r["data"]["tags"]}.get("sweep_role") for r in found]
+    assert roles.count("parent") == 1  # the sweep's parent run, made before the jobs started
+    runs = [r for r, role in zip(found, roles, strict=True) if role != "parent"]
     assert len(runs) == 2
     by_variant = {next(t["value"] for t in r["data"]["tags"] if t["key"] == "variant"): r for r in runs}
     assert set(by_variant) == {"original", "avg_pool"}
@@ -119,3 +123,13 @@ def test_two_variant_sweep_against_a_real_server(server: str, tmp_path: Path, la
         assert {"final.png", "losses.csv", "config.yaml"} <= {f["path"] for f in files}
     params = {p["key"]: p["value"] for p in by_variant["avg_pool"]["data"]["params"]}
     assert params["variant.pooling"] == "avg"
+
+    # the report is built from the server, as on a cluster
+    os.environ["MLFLOW_TRACKING_URI"] = server
+    try:
+        assert report.main(["--out", str(tmp_path / "reports")]) == 0
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    (folder,) = (tmp_path / "reports").iterdir()
+    text = (folder / "report.md").read_text()
+    assert "Average pooling" in text and (folder / "grid.png").stat().st_size > 0
