@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from ablation.losses import (
-    STYLE_LAYERS,
     LossWeights,
     content_loss,
     gram,
@@ -52,10 +51,16 @@ class AdamSettings:
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """Speed settings that do not change what is computed, except ``precision`` (fp32 | bf16)."""
+    """Speed settings that do not change what is computed, except ``precision`` (fp32 | tf32 | bf16).
+
+    ``channels_last``: NHWC activations and conv weights (``speed.set_layout``); ``compile``: the loss
+    function (network, Grams, losses) through ``torch.compile``, which pays only where kernel launches
+    or unfused elementwise ops cost more than the convolutions (small images on a GPU).
+    """
 
     precision: str = "fp32"
     channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass
@@ -101,15 +106,11 @@ def loss_terms(
     batch = image.shape[0]
     zero = image.new_zeros(batch)
     net_input = image.contiguous(memory_format=torch.channels_last) if options.channels_last else image
-    autocast = (
-        torch.autocast(image.device.type, dtype=torch.bfloat16) if options.precision == "bf16" else nullcontext()
-    )
+    autocast = torch.autocast(image.device.type, dtype=torch.bfloat16) if options.precision == "bf16" else nullcontext()
     with autocast:
         feats = net(net_input, w.read_layers())
     content = (
-        content_loss(feats, targets.content, w.content_layer_weights(), w.content_weight)
-        if targets.content
-        else zero
+        content_loss(feats, targets.content, w.content_layer_weights(), w.content_weight) if targets.content else zero
     )
     style = (
         style_loss(feats, targets.grams, targets.style_blend, w.style_layer_weights(), w.style_weight)
@@ -205,11 +206,12 @@ def stylize(
         state.best_step = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         state.best_image = x.detach().clone()
     synced = state.step - 1
+    terms_of = torch.compile(loss_terms, dynamic=False) if options.compile else loss_terms
     for step in range(state.step, iterations + 1):
         last = step == iterations
         with torch.no_grad() if last else nullcontext():
             opt.zero_grad(set_to_none=True)
-            terms = loss_terms(net, x, targets, options)
+            terms = terms_of(net, x, targets, options)
             if not last:
                 terms[:, 3].sum().backward()
         history[step] = terms.detach()
