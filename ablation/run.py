@@ -64,47 +64,62 @@ def run_params(spec: RunSpec, problem: Problem, config: dict[str, Any]) -> dict[
     }
 
 
-def transfer_and_log(spec: RunSpec, problem: Problem, log: tracking.RunLog, setup_s: float) -> dict[str, float]:
-    """Run the loop, logging step losses in batches, checkpoint images, and the final results."""
-    state = new_state(problem.start_image([spec.seed]), spec.adam)
-    history: list[np.ndarray] = []
+def transfer_and_log(
+    spec: RunSpec, problem: Problem, logs: list[tracking.RunLog], setup_s: float
+) -> list[dict[str, float]]:
+    """Run the loop on all of ``spec.seeds`` as one batch; sample i is logged to ``logs[i]``: step losses in
+    batches, checkpoint images, and its final results. The timings are the batch's, shared by its runs."""
+    state = new_state(problem.start_image(list(spec.seeds)), spec.adam)
+    history: list[np.ndarray] = []  # [steps, B, 4] per sync point
+    steps: list[np.ndarray] = []
     bar = tqdm(total=spec.iterations, disable=spec.quiet, unit="it", dynamic_ncols=True, file=sys.stderr)
     loop_start = time.perf_counter()
     with tracking.scratch_dir() as scratch:
         for progress in stylize(
             problem.net, problem.targets, state, spec.iterations, spec.log_every, spec.sync_every, spec.engine
         ):
-            rows = progress.losses[:, 0, :]
             logged = (progress.steps % spec.log_every == 0) | (progress.steps == spec.iterations)
-            log.step_metrics(LOSS_NAMES, progress.steps[logged], rows[logged])
-            history.append(np.column_stack([progress.steps, rows]))
+            for i, log in enumerate(logs):
+                log.step_metrics(LOSS_NAMES, progress.steps[logged], progress.losses[logged, i, :])
+            history.append(progress.losses)
+            steps.append(progress.steps)
             bar.update(progress.step - bar.n)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in zip(LOSS_NAMES, rows[-1], strict=True)}, refresh=False)
+            first = progress.losses[-1, 0]
+            bar.set_postfix({k: f"{v:.4g}" for k, v in zip(LOSS_NAMES, first, strict=True)}, refresh=False)
             if spec.checkpoint_every and progress.step % spec.checkpoint_every == 0 and not progress.done:
                 name = f"step_{progress.step:06d}.png"
-                log.artifact(save_png(problem.pixels.decode(state.image), Path(scratch) / name), "checkpoints")
+                for i, log in enumerate(logs):
+                    image = problem.pixels.decode(state.image[i : i + 1])
+                    log.artifact(save_png(image, Path(scratch) / str(i) / name), "checkpoints")
         loop_s = time.perf_counter() - loop_start
         bar.close()
-        table = np.concatenate(history)
-        final = dict(zip(LOSS_NAMES, table[-1, 1:], strict=True))
-        results = {
-            **{f"final_{k}": float(v) for k, v in final.items()},
-            "best_total": float(state.best_total[0]),
-            "best_step": int(state.best_step[0]),
-            "setup_s": setup_s,
-            "loop_s": loop_s,
-            "iter_ms": 1000 * loop_s / spec.iterations,
-            "peak_mem_mb": peak_memory_mb(problem.device),
-        }
-        folder = Path(scratch)
-        log.artifact(save_png(problem.pixels.decode(state.image), folder / "final.png"))
-        log.artifact(save_png(problem.pixels.decode(state.best_image), folder / "best.png"))
-        with open(folder / "losses.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["step", *LOSS_NAMES])
-            writer.writerows([[int(r[0]), *map(float, r[1:])] for r in table])
-        log.artifact(folder / "losses.csv")
-    return results
+        losses, all_steps = np.concatenate(history), np.concatenate(steps)
+        peak_mb = peak_memory_mb(problem.device)
+        all_results = []
+        for i, log in enumerate(logs):
+            table = np.column_stack([all_steps, losses[:, i, :]])
+            final = dict(zip(LOSS_NAMES, table[-1, 1:], strict=True))
+            all_results.append(
+                {
+                    **{f"final_{k}": float(v) for k, v in final.items()},
+                    "best_total": float(state.best_total[i]),
+                    "best_step": int(state.best_step[i]),
+                    "setup_s": setup_s,
+                    "loop_s": loop_s,
+                    "iter_ms": 1000 * loop_s / spec.iterations,
+                    "peak_mem_mb": peak_mb,
+                    "batch_size": len(logs),
+                }
+            )
+            folder = Path(scratch) / str(i)
+            log.artifact(save_png(problem.pixels.decode(state.image[i : i + 1]), folder / "final.png"))
+            log.artifact(save_png(problem.pixels.decode(state.best_image[i : i + 1]), folder / "best.png"))
+            with open(folder / "losses.csv", "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["step", *LOSS_NAMES])
+                writer.writerows([[int(r[0]), *map(float, r[1:])] for r in table])
+            log.artifact(folder / "losses.csv")
+    return all_results
 
 
 def execute(config: dict[str, Any]) -> dict[str, float]:
@@ -116,33 +131,46 @@ def execute(config: dict[str, Any]) -> dict[str, float]:
     torch.manual_seed(spec.seed)
     problem = prepare(spec, device)
     setup_s = time.perf_counter() - started
-    tags = {
-        "variant": spec.variant,
-        "seed": str(spec.seed),
-        "weights_source": problem.weights.source,
-        **({"random_weights": "true"} if problem.weights.source == "random" else {}),
-    }
-    run_name = config["tracking"].get("run_name") or f"{spec.variant}-s{spec.seed}"
-    log = tracking.RunLog(client, experiment_id, run_name, tags)
+    run_name = config["tracking"].get("run_name")
+    logs: list[tracking.RunLog] = []
     try:
-        log.params(run_params(spec, problem, config))
-        log.text(OmegaConf.to_yaml(OmegaConf.create(config)), "config.yaml")
-        results = transfer_and_log(spec, problem, log, setup_s)
-        results["total_s"] = time.perf_counter() - started
-        log.metrics(results, step=spec.iterations)
+        for seed in spec.seeds:
+            tags = {
+                "variant": spec.variant,
+                "seed": str(seed),
+                "weights_source": problem.weights.source,
+                **({"random_weights": "true"} if problem.weights.source == "random" else {}),
+                **({"batch_seeds": ",".join(map(str, spec.seeds))} if len(spec.seeds) > 1 else {}),
+            }
+            name = f"{run_name}-s{seed}" if run_name and len(spec.seeds) > 1 else run_name
+            log = tracking.RunLog(client, experiment_id, name or f"{spec.variant}-s{seed}", tags)
+            logs.append(log)
+            log.params({**run_params(spec, problem, config), "run.seed": seed, "batch_size": len(spec.seeds)})
+            log.text(OmegaConf.to_yaml(OmegaConf.create(config)), "config.yaml")
+        all_results = transfer_and_log(spec, problem, logs, setup_s)
+        for log, results in zip(logs, all_results, strict=True):
+            results["total_s"] = time.perf_counter() - started
+            log.metrics(results, step=spec.iterations)
     except KeyboardInterrupt:
-        log.end("KILLED", "interrupted")
+        for log in logs:
+            log.end("KILLED", "interrupted")
         raise
     except DivergenceError as err:
-        log.metrics({"diverged_step": err.step})
-        log.end("FAILED", str(err))
+        for log in logs:
+            log.metrics({"diverged_step": err.step})
+            log.end("FAILED", str(err))
         raise
     except BaseException as err:
-        log.end("FAILED", f"{type(err).__name__}: {err}")
+        for log in logs:
+            log.end("FAILED", f"{type(err).__name__}: {err}")
         raise
-    log.end("FINISHED")
-    results["run_id"] = log.run_id  # type: ignore[assignment]
-    return results
+    for log, results in zip(logs, all_results, strict=True):
+        log.end("FINISHED")
+        results["run_id"] = log.run_id  # type: ignore[assignment]
+    first = all_results[0]
+    if len(all_results) > 1:
+        first["seed_results"] = all_results  # type: ignore[assignment]
+    return first
 
 
 def debug_requested(config: dict[str, Any]) -> bool:
@@ -161,11 +189,13 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(
-        f"{results['run_id']}: total {results['final_total']:.6g} (content {results['final_content']:.6g}, "
-        f"style {results['final_style']:.6g}, tv {results['final_tv']:.6g}) in {results['total_s']:.1f} s",
-        file=sys.stderr,
-    )
+    for seed_results in results.get("seed_results", [results]):  # type: ignore[union-attr]
+        print(
+            f"{seed_results['run_id']}: total {seed_results['final_total']:.6g} (content "
+            f"{seed_results['final_content']:.6g}, style {seed_results['final_style']:.6g}, tv "
+            f"{seed_results['final_tv']:.6g}) in {seed_results['total_s']:.1f} s",
+            file=sys.stderr,
+        )
     return results
 
 
