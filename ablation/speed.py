@@ -9,6 +9,8 @@ under autocast while Grams and losses stay in float32 (see ``transfer.loss_terms
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ablation.network import VGGFeatures
@@ -25,6 +27,12 @@ def configure_backends(options: EngineOptions, device: torch.device) -> None:
     """
     if options.precision not in PRECISIONS:
         raise ValueError(f"run.precision={options.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if options.precision == "bf16" and not native_bf16(device):
+        warnings.warn(
+            f"run.precision=bf16 on a {device.type} without native bf16 (oneDNN/CUDA report none): the network "
+            "runs emulated, many times slower than fp32; use run.precision=fp32 here",
+            stacklevel=2,
+        )
     fp32 = "tf32" if options.precision == "tf32" else "ieee"
     torch.backends.cuda.matmul.fp32_precision = fp32
     torch.backends.cudnn.conv.fp32_precision = fp32
@@ -46,3 +54,13 @@ def uses_layout(net: VGGFeatures, layout: torch.memory_format) -> bool:
     """Whether every conv weight of ``net`` is stored in ``layout``."""
     convs = [m for m in net.layers if isinstance(m, torch.nn.Conv2d)]
     return all(m.weight.is_contiguous(memory_format=layout) for m in convs)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 convolutions run natively: on a CPU oneDNN needs AVX-512 BF16 or AMX (an AVX2-only
+    CPU falls back to a reference kernel, measured 6x-170x slower than fp32), on CUDA compute 8.0+."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False

@@ -11,7 +11,7 @@ from ablation import tracking
 from ablation.losses import LossWeights, gram
 from ablation.network import NetworkSpec, VGGFeatures
 from ablation.spec import SpecError, from_config
-from ablation.speed import configure_backends, set_layout, uses_layout
+from ablation.speed import configure_backends, native_bf16, set_layout, uses_layout
 from ablation.transfer import EngineOptions, compute_targets, initial_image, loss_terms
 from ablation.weights import random_weights
 
@@ -36,7 +36,12 @@ def test_tf32_only_with_precision_tf32(restore_backend_flags):
     configure_backends(EngineOptions(precision="tf32"), torch.device("cpu"))
     assert torch.backends.cudnn.conv.fp32_precision == "tf32"
     assert torch.backends.cuda.matmul.fp32_precision == "tf32"
-    configure_backends(EngineOptions(precision="bf16"), torch.device("cpu"))
+    cpu = torch.device("cpu")
+    if native_bf16(cpu):
+        configure_backends(EngineOptions(precision="bf16"), cpu)
+    else:  # an AVX2-only CPU emulates bf16: the user is told it will be slow
+        with pytest.warns(UserWarning, match="without native bf16"):
+            configure_backends(EngineOptions(precision="bf16"), cpu)
     assert torch.backends.cudnn.conv.fp32_precision == "ieee"
 
 
@@ -108,3 +113,18 @@ def test_spec_reads_the_speed_keys_and_seeds():
 def test_spec_refuses_bad_speed_values(override: str, message: str):
     with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("]", r"\]")):
         from_config(_config(override))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gram_and_its_symmetric_backward_equal_the_plain_product(layout):
+    """The Gram's one-bmm backward, in either layout, equals autograd through F F^T / n (float64)."""
+    features = torch.randn(2, 6, 5, 7, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_(True)
+    plain = features.detach().clone().requires_grad_(True)
+    weights = torch.randn(2, 6, 6, dtype=torch.float64)  # a non-symmetric upstream gradient
+    flat = plain.reshape(2, 6, 35)
+    expected = torch.bmm(flat, flat.transpose(1, 2)) / (6 * 35)
+    torch.testing.assert_close(gram(features), expected, rtol=1e-14, atol=0)
+    (gram(features) * weights).sum().backward()
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(features.grad, plain.grad, rtol=1e-12, atol=1e-15)
+    assert features.grad.is_contiguous(memory_format=layout)  # no layout change on the way back
