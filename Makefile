@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 # The report's pair: read from ../shared/data when it exists (CI, this workspace), else downloaded.
 export ABLATION_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 DEMO_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: install demo test lint ui
+.PHONY: install demo test lint ui bench
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ demo: install  ## one transfer of the report's pair at 256 px, 300 iterations, p
 
 test: install  ## the whole suite (CPU, seeded random weights, images <= 64 px)
 	$(PY) -m pytest -q tests
+
+bench: install  ## engine vs a plain baseline loop and the machine's peak -> reports/bench/ (BENCH_ARGS=--quick)
+	$(PY) -m ablation.bench $(BENCH_ARGS)
 
 lint: install
 	$(PY) -m ruff check ablation tests && $(PY) -m ruff format --check ablation tests

@@ -26,6 +26,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -169,7 +170,14 @@ def _status_kib(field_name: str) -> int | None:
 
 
 def _reset_cpu_peak() -> bool:
-    """Reset the process's peak resident set (Linux: writing 5 to clear_refs resets VmHWM)."""
+    """Return freed heap to the OS (glibc ``malloc_trim``), so that a phase re-using it shows, then reset
+    the process's peak resident set (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -178,7 +186,8 @@ def _reset_cpu_peak() -> bool:
 
 
 class MemoryProbe:
-    """Peak memory of a phase above what was in use when it started, in MiB.
+    """Peak memory of a phase (a contender's warm-up iterations) above what was in use when it started,
+    in MiB: the iteration's working memory (activations, gradients, temporaries).
 
     CUDA: ``max_memory_allocated`` (tensors only, exact). CPU: the process's peak resident set (VmHWM),
     so it includes allocator slack and is approximate; None where /proc cannot tell.
@@ -199,6 +208,19 @@ class MemoryProbe:
             return (torch.cuda.max_memory_allocated(self.device) - self.start) / 2**20
         peak = _status_kib("VmHWM")
         return None if self.start is None or peak is None else (peak * 1024 - self.start) / 2**20
+
+
+def tensors_mib(net: nn.Module, problem: Problem) -> float:
+    """What a run holds throughout: the network's weights, the targets, the image and Adam's two moments."""
+    held = sum(p.numel() * p.element_size() for p in net.parameters())
+    targets = [*problem.targets.content.values(), *(g for grams in problem.targets.grams for g in grams.values())]
+    held += sum(t.numel() * t.element_size() for t in targets)
+    held += 3 * problem.content.numel() * problem.content.element_size()
+    return held / 2**20
+
+
+def _plus(working: float | None, held: float) -> float | None:
+    return None if working is None else working + held
 
 
 # --- the contenders --------------------------------------------------------------------------------------
@@ -523,19 +545,19 @@ def bench_case(problem: Problem, weights: VGGWeights, settings: Settings, peaks:
     engine_plan = conv_plan(spec.network.arch, spec.last_layer, h, w, ceil_pool=True)
     for options in engine_options(settings):
         name = engine_name(options)
-        probe = MemoryProbe(device)
         runner = EngineRunner(problem, options, [spec.seed], settings.chunk, calls)
-        for _ in range(settings.warmup):
+        probe = MemoryProbe(device)
+        for _ in range(max(settings.warmup, 1)):
             runner()
-        memory[name], runners[name] = probe.peak_mib(), runner
+        memory[name], runners[name] = _plus(probe.peak_mib(), tensors_mib(runner.net, problem)), runner
         gflop[name] = iteration_gflop(engine_plan, spec.last_layer, weight_grads=False)
     if settings.baseline:
-        probe = MemoryProbe(device)
         baseline = BaselineLoop(problem, weights)
         runners["baseline"] = baseline.runner(settings.chunk)
-        for _ in range(settings.warmup):
+        probe = MemoryProbe(device)
+        for _ in range(max(settings.warmup, 1)):
             runners["baseline"]()
-        memory["baseline"] = probe.peak_mib()
+        memory["baseline"] = _plus(probe.peak_mib(), tensors_mib(baseline.features, problem))
         full = conv_plan(spec.network.arch, layer_names(spec.network.arch)[-1], h, w, ceil_pool=False)
         gflop["baseline"] = iteration_gflop(full, spec.last_layer, weight_grads=True)
     samples = time_interleaved(runners, settings.chunk, settings.iters // settings.chunk, device)
@@ -695,16 +717,17 @@ def run_bench(settings: Settings, log: Callable[[str], None] = print) -> dict[st
             for row in case:
                 log(
                     f"{row.variant:>11} {row.size_wh:>9} {row.contender:<18} median {row.median_ms:8.1f} ms "
-                    f"min {row.min_ms:8.1f} ms  x{row.speedup or float('nan'):.2f}  {row.gflops:6.0f} GF/s "
-                    f"eff {row.efficiency:.0%}  peak {row.peak_mib or float('nan'):.0f} MiB"
+                    f"min {row.min_ms:8.1f} ms  speed-up {_fmt(row.speedup, '.2f'):>4}  {row.gflops:6.0f} GF/s "
+                    f"eff {row.efficiency:.0%}  peak {_fmt(row.peak_mib, '.0f')} MiB"
                 )
             del problem
     results["rows"] = [asdict(r) for r in rows]
 
     if "bf16" in settings.precisions and settings.check_iters:
         problem = bench_problem("original", settings.check_size, device, weights_by_arch["vgg19"])
-        fp32 = final_total(problem, EngineOptions("fp32"), settings.check_iters, [0])
-        bf16 = final_total(problem, EngineOptions("bf16"), settings.check_iters, [0])
+        nhwc = "nhwc" in settings.layouts  # emulated bf16 (no native support) is far slower in NCHW
+        fp32 = final_total(problem, EngineOptions("fp32", nhwc), settings.check_iters, [0])
+        bf16 = final_total(problem, EngineOptions("bf16", nhwc), settings.check_iters, [0])
         results["bf16_check"] = {
             "iterations": settings.check_iters,
             "size_px": settings.check_size,
@@ -787,7 +810,8 @@ def to_markdown(results: dict[str, Any], command: str) -> str:
         "`baseline`: torchvision `features` through relu5_x, parameters requiring grad, NCHW, `.item()` per step. "
         "Engine: precision/layout. GFLOP: convolutions only (forward; input gradients up to the deepest layer "
         "read; weight gradients for the baseline). Efficiency: achieved / the conv peak of that precision. "
-        f"Peak memory: above what was in use before ({memory_kind}).",
+        "Peak memory: the tensors a run holds (weights, targets, image, Adam moments) plus the iteration's peak "
+        f"working memory ({memory_kind}).",
         "",
         "| variant | size | contender | median ms | min ms | speed-up | GFLOP/it | GF/s | efficiency | peak MiB |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -831,6 +855,7 @@ def to_markdown(results: dict[str, Any], command: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m ablation.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    warnings.filterwarnings("once", message=".*without native bf16")  # the bench reports it once, in the peaks
     try:
         settings = parse_args(argv)
         results = run_bench(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
