@@ -134,7 +134,9 @@ def matmul_peak_gflops(device: torch.device, n: int, repeats: int) -> float:
 
 def conv_peak_gflops(device: torch.device, precision: str, channels: int, side: int, repeats: int) -> float:
     """GF/s of a 3x3 conv, C -> C channels on a side x side map (a VGG conv3_x at 256 px), forward only,
-    in ``precision``; the better of the NCHW and NHWC layouts."""
+    in ``precision``; the better of the NCHW and NHWC layouts. A batch of 8 on CUDA, which one map
+    would leave partly idle."""
+    batch = 8 if device.type == "cuda" else 1
     options = EngineOptions(precision=precision)
     if precision != "bf16" or native_bf16(device):
         configure_backends(options, device)
@@ -143,7 +145,7 @@ def conv_peak_gflops(device: torch.device, precision: str, channels: int, side: 
         layouts = (torch.channels_last,)
     best = 0.0
     for layout in layouts:
-        x = torch.randn(1, channels, side, side, device=device).contiguous(memory_format=layout)
+        x = torch.randn(batch, channels, side, side, device=device).contiguous(memory_format=layout)
         weight = torch.randn(channels, channels, 3, 3, device=device).contiguous(memory_format=layout)
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
 
@@ -151,7 +153,7 @@ def conv_peak_gflops(device: torch.device, precision: str, channels: int, side: 
             with torch.autocast(device.type, dtype=dtype, enabled=precision == "bf16"):
                 return F.conv2d(x, weight, padding=1)
 
-        gflop = ConvWork("peak", channels, channels, side, side).forward_gflop
+        gflop = batch * ConvWork("peak", channels, channels, side, side).forward_gflop
         best = max(best, gflop / best_seconds(conv, device, repeats))
     return best
 
@@ -240,7 +242,8 @@ class EngineRunner:
         self.state = new_state(problem.start_image(list(seeds)), problem.spec.adam)
         iterations = chunk * calls + 1  # never reached: the final scoring forward is not part of a step
         self.steps = stylize(self.net, problem.targets, self.state, iterations, 1, chunk, options)
-        next(self.steps)  # step 0's forward and backward: the generator is now between iterations
+        first = next(self.steps)  # step 0's forward and backward: the generator is now between iterations
+        self.step0_total = float(first.losses[0, 0, 3])
 
     def __call__(self) -> float:
         configure_backends(self.options, self.device)
@@ -287,6 +290,8 @@ class BaselineLoop:
         self.image = problem.start_image([spec.seed]).clone().requires_grad_(True)
         adam = spec.adam
         self.optimizer = torch.optim.Adam([self.image], lr=adam.lr, betas=(adam.beta1, adam.beta2), eps=adam.eps)
+        with torch.no_grad():
+            self.step0_total = float(self.total_loss())
 
     def extract(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         wanted = {self.index[n]: n for n in [*self.content_layers, *self.style_layers]}
@@ -303,8 +308,7 @@ class BaselineLoop:
         f = x.view(c, h * w)
         return f @ f.t() / (c * h * w)
 
-    def step(self) -> float:
-        self.optimizer.zero_grad()
+    def total_loss(self) -> torch.Tensor:
         feats = self.extract(self.image)
         content = sum(w * F.mse_loss(feats[n], self.content_targets[n]) for n, w in self.content_layers.items())
         style = sum(
@@ -314,7 +318,11 @@ class BaselineLoop:
         )
         x = self.image
         tv = F.mse_loss(x[:, :, 1:], x[:, :, :-1], reduction="mean") + F.mse_loss(x[..., 1:], x[..., :-1])
-        loss = self.loss.content_weight * content + self.loss.style_weight * style + self.loss.tv_weight * tv
+        return self.loss.content_weight * content + self.loss.style_weight * style + self.loss.tv_weight * tv
+
+    def step(self) -> float:
+        self.optimizer.zero_grad()
+        loss = self.total_loss()
         loss.backward()
         self.optimizer.step()
         return loss.item()
@@ -358,6 +366,7 @@ class Row:
     gflop: float
     peak_mib: float | None
     samples_ms: list[float] = field(default_factory=list)
+    step0_total: float | None = None  # the start image's total loss: both contenders solve one problem
     speedup: float | None = None  # baseline median / this median
     gflops: float | None = None
     efficiency: float | None = None  # achieved / the machine's conv peak in this precision
@@ -538,25 +547,29 @@ def bench_case(problem: Problem, weights: VGGWeights, settings: Settings, peaks:
     """Time every engine setting and the baseline on one variant and size, interleaved."""
     device, spec = problem.device, problem.spec
     h, w = problem.content.shape[-2:]
-    calls = settings.warmup + settings.iters // settings.chunk
+    warmup = max(settings.warmup, 1)  # at least one: the memory probe watches it
+    calls = warmup + settings.iters // settings.chunk
     runners: dict[str, Callable[[], Any]] = {}
     memory: dict[str, float | None] = {}
     gflop: dict[str, float] = {}
+    step0: dict[str, float] = {}
     engine_plan = conv_plan(spec.network.arch, spec.last_layer, h, w, ceil_pool=True)
     for options in engine_options(settings):
         name = engine_name(options)
         runner = EngineRunner(problem, options, [spec.seed], settings.chunk, calls)
         probe = MemoryProbe(device)
-        for _ in range(max(settings.warmup, 1)):
+        for _ in range(warmup):
             runner()
         memory[name], runners[name] = _plus(probe.peak_mib(), tensors_mib(runner.net, problem)), runner
+        step0[name] = runner.step0_total
         gflop[name] = iteration_gflop(engine_plan, spec.last_layer, weight_grads=False)
     if settings.baseline:
         baseline = BaselineLoop(problem, weights)
         runners["baseline"] = baseline.runner(settings.chunk)
         probe = MemoryProbe(device)
-        for _ in range(max(settings.warmup, 1)):
+        for _ in range(warmup):
             runners["baseline"]()
+        step0["baseline"] = baseline.step0_total
         memory["baseline"] = _plus(probe.peak_mib(), tensors_mib(baseline.features, problem))
         full = conv_plan(spec.network.arch, layer_names(spec.network.arch)[-1], h, w, ceil_pool=False)
         gflop["baseline"] = iteration_gflop(full, spec.last_layer, weight_grads=True)
@@ -578,6 +591,7 @@ def bench_case(problem: Problem, weights: VGGWeights, settings: Settings, peaks:
                 values,
                 gflops=gflops,
                 efficiency=gflops / peaks[f"conv_{precision}"],
+                step0_total=step0[name],
             )
         )
     if "baseline" in samples:
@@ -702,7 +716,8 @@ def run_bench(settings: Settings, log: Callable[[str], None] = print) -> dict[st
     results["peaks_gflops"] = peaks
     results["peak_shapes"] = {
         "matmul": f"{settings.matmul_n}x{settings.matmul_n} @ {settings.matmul_n}x{settings.matmul_n} fp32",
-        "conv": f"3x3, {conv_channels}->{conv_channels} ch, 1x{settings.conv_side}x{settings.conv_side}, forward",
+        "conv": f"3x3, {conv_channels}->{conv_channels} ch, {8 if device.type == 'cuda' else 1}x{settings.conv_side}"
+        f"x{settings.conv_side}, forward",
     }
     log("peak GF/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
 
@@ -810,17 +825,20 @@ def to_markdown(results: dict[str, Any], command: str) -> str:
         "`baseline`: torchvision `features` through relu5_x, parameters requiring grad, NCHW, `.item()` per step. "
         "Engine: precision/layout. GFLOP: convolutions only (forward; input gradients up to the deepest layer "
         "read; weight gradients for the baseline). Efficiency: achieved / the conv peak of that precision. "
+        "Step-0 loss: the start image's total, the same problem for all (the baseline's pools round down, so it "
+        "differs slightly where the size is not a multiple of 16). "
         "Peak memory: the tensors a run holds (weights, targets, image, Adam moments) plus the iteration's peak "
         f"working memory ({memory_kind}).",
         "",
-        "| variant | size | contender | median ms | min ms | speed-up | GFLOP/it | GF/s | efficiency | peak MiB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | size | contender | median ms | min ms | speed-up | GFLOP/it | GF/s | efficiency | peak MiB "
+        "| step-0 loss |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["rows"]:
         lines.append(
             f"| {r['variant']} | {r['size_wh']} | {r['contender']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | "
             f"{_fmt(r['speedup'], '.2f')} | {r['gflop']:.1f} | {r['gflops']:.0f} | {r['efficiency']:.0%} | "
-            f"{_fmt(r['peak_mib'], '.0f')} |"
+            f"{_fmt(r['peak_mib'], '.0f')} | {_fmt(r['step0_total'], '.6g')} |"
         )
     check = results.get("bf16_check")
     if check:
