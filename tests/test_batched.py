@@ -94,6 +94,7 @@ def test_batched_run_logs_one_mlflow_run_per_seed(tmp_path, monkeypatch):
     for name, image in zip(("content.png", "style.png"), pixels, strict=True):
         Image.fromarray(image).save(tmp_path / name)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # a store other than the project's puts artifacts in ./mlruns
     overrides = [
         "weights=random",
         "variant=avg_pool",
