@@ -54,8 +54,9 @@ class EngineOptions:
     """Speed settings that do not change what is computed, except ``precision`` (fp32 | tf32 | bf16).
 
     ``channels_last``: NHWC activations and conv weights (``speed.set_layout``); ``compile``: the loss
-    function (network, Grams, losses) through ``torch.compile``, which pays only where kernel launches
-    or unfused elementwise ops cost more than the convolutions (small images on a GPU).
+    function (network, Grams, losses) through ``torch.compile``. Convolutions dominate and compile calls
+    the same conv kernels, so it can only save launches and elementwise passes: measured no gain on a
+    CPU (``python -m ablation.bench --compile`` says whether it pays on a given GPU).
     """
 
     precision: str = "fp32"
