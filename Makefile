@@ -18,7 +18,8 @@ SWEEP_ARGS ?=
 SWEEP ?=
 
 comma := ,
-.PHONY: install demo test lint ui server sweep report tune
+BENCH_ARGS ?=
+.PHONY: install demo test lint ui server sweep report tune bench
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

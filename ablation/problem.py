@@ -16,6 +16,7 @@ from ablation.data import file_sha256, resolve_image
 from ablation.images import ImageError, PixelSpace, content_size, read_rgb, resize, style_size
 from ablation.network import MIN_IMAGE_SIDE_PX, VGGFeatures
 from ablation.spec import ImagesSpec, RunSpec
+from ablation.speed import configure_backends, set_layout
 from ablation.transfer import Targets, compute_targets, initial_image
 from ablation.weights import VGGWeights, load_weights
 
@@ -101,14 +102,14 @@ def build_network(spec: RunSpec, weights: VGGWeights, device: torch.device) -> V
 
 
 def prepare(spec: RunSpec, device: torch.device, weights: VGGWeights | None = None) -> Problem:
-    """Load weights (unless given) and images, build the truncated network, compute the targets."""
-    images = load_images(
-        spec.images, spec.match_style_colors
-    )  # first: a bad image is refused before weights are fetched
+    """Load weights (unless given) and images, set the backend flags, build the truncated network in the
+    engine's memory layout, compute the targets."""
+    images = load_images(spec.images, spec.match_style_colors)  # first: a bad image is refused before weights
     if weights is None:
         weights = load_weights(spec.weights.source, spec.network.arch, **spec.weights.options)
     pixels = PixelSpace(weights.mean_pixel)
-    net = build_network(spec, weights, device)
+    configure_backends(spec.engine, device)
+    net = set_layout(build_network(spec, weights, device), spec.engine)
     content = pixels.encode(images.content, device)
     styles = [pixels.encode(s, device) for s in images.styles]
     targets = compute_targets(net, content, styles, spec.loss, spec.images.style_blend)

@@ -32,11 +32,13 @@ from tqdm import tqdm
 
 from ablation import judge, sweep, tracking
 from ablation.checkpoint import CheckpointError, load_checkpoint, restore_rng, save_checkpoint
+from ablation.colors import preserve_colors
 from ablation.data import DataError, file_sha256, resolve_image
 from ablation.images import ImageError, save_png
 from ablation.memory import MemoryEstimateError, check_fits
 from ablation.problem import Problem, pick_device, prepare
 from ablation.resume import config_sha256, download_checkpoint, find_resumable
+from ablation.scales import Stage, coarse_to_fine
 from ablation.spec import RunSpec, SpecError, from_config
 from ablation.stopping import Interrupted, StopRequest, stop_on_signals
 from ablation.transfer import LOSS_NAMES, DivergenceError, TransferState, new_state, stylize
@@ -96,95 +98,130 @@ def write_losses(history: list[np.ndarray], path: Path) -> Path:
 
 def transfer_and_log(
     spec: RunSpec,
-    problem: Problem,
-    log: tracking.RunLog,
+    problems: list[Problem],
+    logs: list[tracking.RunLog],
     setup_s: float,
     resumed: tuple[TransferState, np.ndarray] | None = None,
     stop: StopRequest | None = None,
     config_hash: str = "",
     score: Callable[[torch.Tensor], dict[str, float]] | None = None,
-) -> dict[str, float]:
-    """Run the loop, logging step losses in batches, checkpoint images, and the final results.
+) -> list[dict[str, float]]:
+    """Run the loop and log it: step losses in batches, checkpoints, final images and results.
 
-    ``resumed``: a state and the loss rows before its step, from a checkpoint; the loop continues there
-    and logs only steps it had not logged. ``stop``: when it is due at a sync point the full state is
-    saved as ``checkpoint/state.pt`` and :class:`Interrupted` is raised. On divergence the last image
-    whose losses were all finite is kept as ``last_good.png`` before the error goes on. ``score`` (the
-    common judge) maps the final image, in pixel space, to more result metrics.
+    ``problems`` holds one problem per scale, coarse to fine (one without ``run.scales``); ``logs`` one run
+    per seed of ``spec.seeds``, optimised as one batch (sample i goes to ``logs[i]``). ``resumed``: a state
+    and the loss rows before its step, from a checkpoint; the loop continues there and logs only steps it
+    had not logged. ``stop``: when due at a sync point the full state is saved as ``checkpoint/state.pt``
+    and :class:`Interrupted` is raised. On divergence the last image whose losses were all finite is kept
+    as ``last_good.png``. ``score`` (the common judge) maps a final image to more result metrics.
     """
     stop = stop or StopRequest()
-    if resumed is None:
-        state, history, first_new = new_state(problem.start_image([spec.seed]), spec.optim), [], 0
-    else:
-        state, before = resumed
-        history, first_new = ([before] if len(before) else []), state.step + 1
-    last_good = (state.step, state.image.detach().clone())
+    problem = problems[-1]
     # yield at every checkpoint step too, so its state can be saved
     sync_every = math.gcd(spec.sync_every, spec.checkpoint_every) if spec.checkpoint_every else spec.sync_every
-    bar = tqdm(total=spec.iterations, disable=spec.quiet, unit="it", dynamic_ncols=True, file=sys.stderr)
+    histories: list[list[np.ndarray]] = [[] for _ in logs]  # per seed: [rows, 5] (global step + 4 losses)
+    if resumed is None:
+        stages = [Stage(p.net, p.targets, tuple(p.content.shape[-2:]), p.spec.iterations) for p in problems]
+        start = problems[0].start_image(list(spec.seeds))
+        stream = coarse_to_fine(stages, start, spec.optim, spec.log_every, sync_every, spec.engine)
+        first_new, state = 0, new_state(start, spec.optim)
+    else:
+        state, before = resumed
+        histories[0], first_new = ([before] if len(before) else []), state.step + 1
+        stream = stylize(problem.net, problem.targets, state, spec.iterations, spec.log_every, sync_every, spec.engine)
+    last_step = sum(n for _, n in spec.stages()) + len(problems) - 1  # global step of the final image
+    last_good = (state.step, state.image.detach().clone())
+    bar = tqdm(total=last_step, disable=spec.quiet, unit="it", dynamic_ncols=True, file=sys.stderr)
     bar.update(state.step)
-    loop_start = time.perf_counter()
+    loop_start = scale_start = time.perf_counter()
+    scale_metrics: dict[str, float] = {}
     with tracking.scratch_dir() as scratch:
         folder = Path(scratch)
 
-        def save_state(step: int) -> None:
-            save_checkpoint(state, np.concatenate(history), folder / "state.pt", config_hash)
-            log.artifact(folder / "state.pt", "checkpoint")
-            name = f"step_{step:06d}.png"
-            log.artifact(save_png(problem.pixels.decode(state.image), folder / name), "checkpoints")
+        def save_images(name: str, images: torch.Tensor, artifact_folder: str | None = None) -> None:
+            for i, log in enumerate(logs):
+                path = folder / str(i) / name
+                log.artifact(save_png(problem_of_scale.pixels.decode(images[i : i + 1]), path), artifact_folder)
 
+        def save_state(step: int) -> None:
+            save_checkpoint(state, np.concatenate(histories[0]), folder / "state.pt", config_hash)
+            logs[0].artifact(folder / "state.pt", "checkpoint")
+            save_images(f"step_{step:06d}.png", state.image, "checkpoints")
+
+        problem_of_scale = problems[0] if resumed is None else problem
         try:
-            for progress in stylize(
-                problem.net, problem.targets, state, spec.iterations, spec.log_every, sync_every, spec.engine
-            ):
-                rows = progress.losses[:, 0, :]
-                logged = (progress.steps % spec.log_every == 0) | (progress.steps == spec.iterations)
-                logged &= progress.steps >= first_new
-                log.step_metrics(LOSS_NAMES, progress.steps[logged], rows[logged])
-                history.append(np.column_stack([progress.steps, rows]))
-                if not progress.done:
-                    last_good = (progress.step, state.image.detach().clone())
-                bar.update(progress.step - bar.n)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in zip(LOSS_NAMES, rows[-1], strict=True)}, refresh=False)
+            for progress in stream:
+                state, scale = progress.state, progress.extra.get("scale", 0)
+                problem_of_scale = problems[scale] if resumed is None else problem
+                steps = progress.steps + progress.extra.get("offset", 0)
+                logged = progress.steps % spec.log_every == 0
+                logged[-1] |= progress.done
+                logged &= steps >= first_new
+                for i, log in enumerate(logs):
+                    log.step_metrics(LOSS_NAMES, steps[logged], progress.losses[logged, i, :])
+                    histories[i].append(np.column_stack([steps, progress.losses[:, i, :]]))
+                bar.update(int(steps[-1]) - bar.n)
+                totals = dict(zip(LOSS_NAMES, progress.losses[-1, 0], strict=True))
+                bar.set_postfix({k: f"{v:.4g}" for k, v in totals.items()}, refresh=False)
                 if progress.done:
+                    if len(problems) > 1:
+                        now = time.perf_counter()
+                        width = problems[scale].images.content.shape[1]
+                        scale_metrics |= {f"scale{scale}_loop_s": now - scale_start, f"scale{scale}_width": width}
+                        scale_start = now
+                        if scale < len(problems) - 1:
+                            save_images(f"scale{scale}_final.png", state.image, "scales")
                     continue
-                if stop.due(progress.step):
-                    save_state(progress.step)
-                    log.metrics({"interrupted_step": progress.step}, step=progress.step)
-                    raise Interrupted(progress.step, stop, log.run_id)
-                if spec.checkpoint_every and progress.step % spec.checkpoint_every == 0 and progress.step > 0:
-                    save_state(progress.step)
+                last_good = (int(steps[-1]), state.image.detach().clone())
+                if stop.due(int(steps[-1])):
+                    save_state(int(steps[-1]))
+                    logs[0].metrics({"interrupted_step": int(steps[-1])}, step=int(steps[-1]))
+                    raise Interrupted(int(steps[-1]), stop, logs[0].run_id)
+                if spec.checkpoint_every and steps[-1] % spec.checkpoint_every == 0 and steps[-1] > 0:
+                    save_state(int(steps[-1]))
         except DivergenceError as err:
             bar.close()
             step, image = last_good
-            log.artifact(save_png(problem.pixels.decode(image), folder / "last_good.png"))
+            save_images("last_good.png", image)
             if state.best_image is not None and torch.isfinite(state.best_total).all():
-                log.artifact(save_png(problem.pixels.decode(state.best_image), folder / "best.png"))
-            log.artifact(write_losses(history, folder / "losses.csv"))
-            log.metrics({"last_good_step": step}, step=step)
+                save_images("best.png", state.best_image)
+            for i, log in enumerate(logs):
+                log.artifact(write_losses(histories[i], folder / str(i) / "losses.csv"))
+                log.metrics({"last_good_step": step}, step=step)
             raise err
         loop_s = time.perf_counter() - loop_start
         bar.close()
-        table = np.concatenate(history)
-        final = dict(zip(LOSS_NAMES, table[-1, 1:], strict=True))
-        new_steps = max(spec.iterations - first_new + 1, 1)
-        results = {
-            **{f"final_{k}": float(v) for k, v in final.items()},
-            "best_total": float(state.best_total[0]),
-            "best_step": int(state.best_step[0]),
-            "setup_s": setup_s,
-            "loop_s": loop_s,
-            "iter_ms": 1000 * loop_s / (spec.iterations if resumed is None else new_steps),
-            "peak_mem_mb": peak_memory_mb(problem.device),
-        }
-        if score is not None:
-            results.update(score(state.image))
-        log.artifact(save_png(problem.pixels.decode(state.image), folder / "final.png"))
-        for k, image in enumerate([problem.images.content, *problem.images.styles]):  # the report's input grid
-            log.artifact(save_png(image, folder / ("content.png" if k == 0 else f"style_{k - 1}.png")), "inputs")
-        log.artifact(save_png(problem.pixels.decode(state.best_image), folder / "best.png"))
-        log.artifact(write_losses(history, folder / "losses.csv"))
-    return results
+        new_steps = max(last_step - first_new + 1, 1)
+        peak_mb = peak_memory_mb(problem.device)
+        save_images("final.png", state.image)
+        save_images("best.png", state.best_image)
+        all_results = []
+        for i, log in enumerate(logs):
+            table = np.concatenate(histories[i])
+            results = {
+                **{f"final_{k}": float(v) for k, v in zip(LOSS_NAMES, table[-1, 1:], strict=True)},
+                "best_total": float(state.best_total[i]),
+                "best_step": int(state.best_step[i]),
+                "setup_s": setup_s,
+                "loop_s": loop_s,
+                "iter_ms": 1000 * loop_s / new_steps,
+                "peak_mem_mb": peak_mb,
+                "batch_size": len(logs),
+                **scale_metrics,
+            }
+            if score is not None:
+                results.update(score(state.image[i : i + 1]))
+            final_rgb = problem.pixels.decode(state.image[i : i + 1])
+            if spec.preserve_colors:
+                log.artifact(
+                    save_png(preserve_colors(final_rgb, problem.images.content), folder / str(i) / "final_colors.png")
+                )
+            for k, image in enumerate([problem.images.content, *problem.images.styles]):  # the report's input grid
+                name = "content.png" if k == 0 else f"style_{k - 1}.png"
+                log.artifact(save_png(image, folder / str(i) / "inputs" / name), "inputs")
+            log.artifact(write_losses(histories[i], folder / str(i) / "losses.csv"))
+            all_results.append(results)
+    return all_results
 
 
 def resume_from(
@@ -209,16 +246,22 @@ def input_sha256(spec: RunSpec) -> list[str]:
     return [file_sha256(resolve_image(name)) for name in names]
 
 
+def seed_config(config: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The config of one seed's run: a batched run's seed i has the fingerprint of ``run.seed=i`` alone."""
+    return {**config, "run": {**config["run"], "seed": seed, "seeds": None}}
+
+
 def execute(
     config: dict[str, Any], job: sweep.SweepJob | None = None, stop: StopRequest | None = None
 ) -> dict[str, Any]:
-    """One run from a resolved config: validate, check memory and the store, set up, transfer, log.
+    """One run per seed from a resolved config: validate, check memory and the store, set up, transfer, log.
 
-    In a sweep (``job``) the run is a child of the sweep's parent run; a job whose fingerprint already has
-    a FINISHED run is not run again (unless ``run.force``): the result is ``{"status": "skipped"}``, and a
-    job whose fingerprint has a KILLED/FAILED run with a checkpoint continues it. A single run continues
-    the latest KILLED/FAILED run of the same config (tag ``config_sha256``) only with ``run.resume=true``.
-    SIGINT/SIGTERM (or ``stop``) end the run KILLED with a checkpoint. Returns the metrics and ``run_id``.
+    In a sweep (``job``) each run is a child of the sweep's parent run; a seed whose fingerprint already
+    has a FINISHED run is not run again (unless ``run.force``), and when none is left the result is
+    ``{"status": "skipped"}``; a job whose fingerprint has a KILLED/FAILED run with a checkpoint continues
+    it. A single run continues the latest KILLED/FAILED run of the same config (tag ``config_sha256``)
+    only with ``run.resume=true``. SIGINT/SIGTERM (or ``stop``) end the run KILLED with a checkpoint.
+    Returns the first seed's metrics and ``run_id`` (all seeds' under ``seed_results`` in a batch).
     """
     started = time.perf_counter()
     spec = from_config(config)
@@ -229,25 +272,41 @@ def execute(
     config_hash = config_sha256(config)
     torch.manual_seed(spec.seed)
     weights = load_weights(spec.weights.source, spec.network.arch, **spec.weights.options)
-    fingerprint = sweep.fingerprint(config, weights.sha256, input_sha256(spec), device.type)
+    inputs_sha = input_sha256(spec)
+    fingerprints = {
+        s: sweep.fingerprint(seed_config(config, s), weights.sha256, inputs_sha, device.type) for s in spec.seeds
+    }
     force = config["run"].get("force", False)
     if job is not None and not force:
-        done = sweep.find_finished(client, experiment_id, fingerprint)
-        if done is not None:
-            print(f"{done}: skipped, a FINISHED run has its fingerprint (run.force=true runs it)", file=sys.stderr)
-            return {"status": "skipped", "run_id": done}
-    if job is not None and not force:
-        previous = find_resumable(client, experiment_id, fingerprint, tag="fingerprint")
+        done = {s: sweep.find_finished(client, experiment_id, f) for s, f in fingerprints.items()}
+        for seed, run_id in done.items():
+            if run_id is not None:
+                print(
+                    f"{run_id}: seed {seed} skipped, a FINISHED run has its fingerprint (run.force=true runs it)",
+                    file=sys.stderr,
+                )
+        if all(done.values()):
+            return {"status": "skipped", "run_id": done[spec.seed]}
+        seeds = tuple(s for s in spec.seeds if done[s] is None)
+        spec = replace(spec, seeds=seeds, seed=seeds[0])
+    resuming = len(spec.seeds) == 1 and spec.scales is None
+    previous = None
+    if job is not None and not force and resuming:
+        previous = find_resumable(client, experiment_id, fingerprints[spec.seed], tag="fingerprint")
     elif config["run"].get("resume", False):
+        if not resuming:
+            raise SpecError("run.resume=true continues one seed at one scale: drop run.seeds or run.scales")
         previous = find_resumable(client, experiment_id, config_hash)
         if previous is None:
             print(
                 "run.resume=true: no KILLED or FAILED run of this config with a checkpoint; starting afresh",
                 file=sys.stderr,
             )
-    else:
-        previous = None
-    problem = prepare(spec, device, weights)
+    problems = [
+        prepare(replace(spec, images=replace(spec.images, width=width), iterations=n), device, weights)
+        for width, n in spec.stages()
+    ]
+    problem = problems[-1]
     judge_cfg = config.get("judge") or {}
     scorer = None
     if judge_cfg.get("enabled", True):
@@ -256,44 +315,58 @@ def execute(
         scorer = lambda image: judge.score(judge_net, image, problem.pixels)  # noqa: E731
     setup_s = time.perf_counter() - started
     resumed = None
+    logs: list[tracking.RunLog] = []
     if previous is not None:
         log, resumed = resume_from(client, previous.info.run_id, device)
+        logs.append(log)
     else:
-        tags = {
-            "variant": spec.variant,
-            "seed": str(spec.seed),
-            "weights_source": problem.weights.source,
-            "config_sha256": config_hash,
-            "fingerprint": fingerprint,
-            **({"random_weights": "true"} if problem.weights.source == "random" else {}),
-            **(job.child_tags() if job is not None else {}),
-        }
-        run_name = config["tracking"].get("run_name") or f"{spec.variant}-s{spec.seed}"
-        log = tracking.RunLog(client, experiment_id, run_name, tags)
+        run_name = config["tracking"].get("run_name")
+        for seed in spec.seeds:
+            tags = {
+                "variant": spec.variant,
+                "seed": str(seed),
+                "weights_source": problem.weights.source,
+                "config_sha256": config_sha256(seed_config(config, seed)),
+                "fingerprint": fingerprints[seed],
+                **({"random_weights": "true"} if problem.weights.source == "random" else {}),
+                **({"batch_seeds": ",".join(map(str, spec.seeds))} if len(spec.seeds) > 1 else {}),
+                **(job.child_tags() if job is not None else {}),
+            }
+            name = f"{run_name}-s{seed}" if run_name and len(spec.seeds) > 1 else run_name
+            logs.append(tracking.RunLog(client, experiment_id, name or f"{spec.variant}-s{seed}", tags))
     try:
         if resumed is None:
-            log.params(run_params(spec, problem, config))
-            log.text(OmegaConf.to_yaml(OmegaConf.create(config)), "config.yaml")
+            for seed, log in zip(spec.seeds, logs, strict=True):
+                log.params({**run_params(spec, problem, seed_config(config, seed)), "batch_size": len(spec.seeds)})
+                log.text(OmegaConf.to_yaml(OmegaConf.create(seed_config(config, seed))), "config.yaml")
         with stop_on_signals(stop or StopRequest()) as request:
-            results = transfer_and_log(spec, problem, log, setup_s, resumed, request, config_hash, scorer)
-        results["total_s"] = time.perf_counter() - started
-        log.metrics(results, step=spec.iterations)
+            all_results = transfer_and_log(spec, problems, logs, setup_s, resumed, request, config_hash, scorer)
+        for log, results in zip(logs, all_results, strict=True):
+            results["total_s"] = time.perf_counter() - started
+            log.metrics(results, step=spec.iterations)
     except Interrupted as err:
-        log.end("KILLED", str(err))
+        for log in logs:
+            log.end("KILLED", str(err))
         raise
     except KeyboardInterrupt:
-        log.end("KILLED", "interrupted twice: no checkpoint at this step (an earlier periodic one may exist)")
+        for log in logs:
+            log.end("KILLED", "interrupted twice: no checkpoint at this step (an earlier periodic one may exist)")
         raise
     except DivergenceError as err:
-        log.metrics({"diverged_step": err.step}, step=err.step)
-        log.tags({"diverged": err.step})
-        log.end("FAILED", str(err))
+        for log in logs:
+            log.metrics({"diverged_step": err.step}, step=err.step)
+            log.tags({"diverged": err.step})
+            log.end("FAILED", str(err))
         raise
     except BaseException as err:
-        log.end("FAILED", f"{type(err).__name__}: {err}")
+        for log in logs:
+            log.end("FAILED", f"{type(err).__name__}: {err}")
         raise
-    log.end("FINISHED")
-    return {**results, "status": "finished", "run_id": log.run_id}
+    for log, results in zip(logs, all_results, strict=True):
+        log.end("FINISHED")
+        results.update(status="finished", run_id=log.run_id)  # type: ignore[call-arg]
+    first = all_results[0]
+    return {**first, "seed_results": all_results} if len(all_results) > 1 else first
 
 
 def tune_value(results: dict[str, Any], objective: str) -> float:
@@ -357,10 +430,11 @@ def main(cfg: DictConfig) -> dict[str, Any] | float | None:
         if job is not None:
             sweep.record_outcome(job, config, results)
         return tune_value(results, objective)
-    if results["status"] == "finished":
+    for seed_results in results.get("seed_results", [results]) if results["status"] == "finished" else []:
         print(
-            f"{results['run_id']}: total {results['final_total']:.6g} (content {results['final_content']:.6g}, "
-            f"style {results['final_style']:.6g}, tv {results['final_tv']:.6g}) in {results['total_s']:.1f} s",
+            f"{seed_results['run_id']}: total {seed_results['final_total']:.6g} (content "
+            f"{seed_results['final_content']:.6g}, style {seed_results['final_style']:.6g}, tv "
+            f"{seed_results['final_tv']:.6g}) in {seed_results['total_s']:.1f} s",
             file=sys.stderr,
         )
     return results

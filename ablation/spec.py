@@ -11,6 +11,7 @@ from typing import Any
 
 from ablation.losses import LossWeights
 from ablation.network import ARCHITECTURES, NetworkSpec, deepest
+from ablation.speed import PRECISIONS
 from ablation.transfer import AdamSettings, EngineOptions, LBFGSSettings
 from ablation.weights import SOURCES
 
@@ -45,7 +46,8 @@ class RunSpec:
     images: ImagesSpec
     weights: WeightsSpec
     iterations: int
-    seed: int
+    seed: int  # the first of ``seeds``
+    seeds: tuple[int, ...]  # optimised as one batch, one MLflow run each
     device: str
     init: str
     init_noise_blend: float | None
@@ -94,6 +96,23 @@ def _floats(values: Any, key: str) -> tuple[float, ...] | None:
         return tuple(float(v) for v in values)
     except (TypeError, ValueError):
         raise SpecError(f"{key}={values!r}: give a list of numbers") from None
+
+
+def _seeds(values: Any, seed: int) -> tuple[int, ...]:
+    """``run.seeds`` as a tuple of distinct ints; ``(run.seed,)`` when it is null."""
+    if values is None:
+        return (seed,)
+    if isinstance(values, (int, str)) and not isinstance(values, bool):
+        values = [values]
+    try:
+        if any(isinstance(v, (bool, float)) for v in values):
+            raise TypeError
+        seeds = tuple(int(v) for v in values)
+    except (TypeError, ValueError):
+        raise SpecError(f"run.seeds={values!r}: give a list of integers, e.g. run.seeds=[0,1,2,3]") from None
+    _require(bool(seeds), "run.seeds is empty: give at least one seed, or null to use run.seed")
+    _require(len(set(seeds)) == len(seeds), f"run.seeds={list(seeds)} repeats a seed: each seed is one run")
+    return seeds
 
 
 def from_config(cfg: dict[str, Any]) -> RunSpec:
@@ -191,7 +210,9 @@ def from_config(cfg: dict[str, Any]) -> RunSpec:
         noise_blend = _number(run, "init_noise_blend", "run")
         _require(0 <= noise_blend <= 1, f"run.init_noise_blend={noise_blend} must be in [0, 1]")
     precision = run.get("precision", "fp32")
-    _require(precision in ("fp32", "bf16"), f"run.precision={precision!r}: choose fp32 or bf16")
+    _require(precision in PRECISIONS, f"run.precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
+    seed = _number(run, "seed", "run", int)
+    seeds = _seeds(run.get("seeds"), seed)
 
     scales = _floats(run.get("scales"), "run.scales")
     scale_iterations = _floats(run.get("scale_iterations"), "run.scale_iterations")
@@ -211,11 +232,16 @@ def from_config(cfg: dict[str, Any]) -> RunSpec:
         network=network,
         loss=weights_,
         optim=settings,
-        engine=EngineOptions(precision=precision, channels_last=bool(run.get("channels_last", False))),
+        engine=EngineOptions(
+            precision=precision,
+            channels_last=bool(run.get("channels_last", False)),
+            compile=bool(run.get("compile", False)),
+        ),
         images=images_,
         weights=WeightsSpec(source, {k: v for k, v in weights.items() if k != "source"}),
         iterations=iterations,
-        seed=_number(run, "seed", "run", int),
+        seed=seeds[0],
+        seeds=seeds,
         device=str(run.get("device", "auto")),
         init=str(run.get("init", "noise")),
         init_noise_blend=noise_blend,

@@ -61,10 +61,17 @@ class LBFGSSettings:
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """Speed settings that do not change what is computed, except ``precision`` (fp32 | bf16)."""
+    """Speed settings that do not change what is computed, except ``precision`` (fp32 | tf32 | bf16).
+
+    ``channels_last``: NHWC activations and conv weights (``speed.set_layout``); ``compile``: the loss
+    function (network, Grams, losses) through ``torch.compile``. Convolutions dominate and compile calls
+    the same conv kernels, so it can only save launches and elementwise passes: measured no gain on a
+    CPU (``python -m ablation.bench --compile`` says whether it pays on a given GPU).
+    """
 
     precision: str = "fp32"
     channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass
@@ -218,11 +225,12 @@ def stylize(
         state.best_step = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         state.best_image = x.detach().clone()
     synced = state.step - 1
+    terms_of = torch.compile(loss_terms, dynamic=False) if options.compile else loss_terms
     for step in range(state.step, iterations + 1):
         last = step == iterations
         with torch.no_grad() if last else nullcontext():
             opt.zero_grad(set_to_none=True)
-            terms = loss_terms(net, x, targets, options)
+            terms = terms_of(net, x, targets, options)
             if not last:
                 terms[:, 3].sum().backward()
         history[step] = terms.detach()

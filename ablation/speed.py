@@ -1,0 +1,66 @@
+"""Engine speed settings applied once per run: backend flags and the network's memory layout.
+
+Kept apart from the loop so the loop reads as the algorithm. Nothing here changes what is computed
+except ``precision``: ``fp32`` is IEEE float32 everywhere (torch's CUDA default lets cuDNN convolutions
+use TF32, which rounds their inputs to 10 mantissa bits, so it is switched off explicitly), ``tf32``
+allows TF32 for convolutions and matmuls on CUDA (no effect on a CPU), and ``bf16`` runs the network
+under autocast while Grams and losses stay in float32 (see ``transfer.loss_terms``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ablation.network import VGGFeatures
+from ablation.transfer import EngineOptions
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def configure_backends(options: EngineOptions, device: torch.device) -> None:
+    """Set the process-wide flags the options call for; cheap, so callers may repeat it per phase.
+
+    TF32 only with ``precision="tf32"``; ``cudnn.benchmark`` on CUDA (the image size is fixed for a
+    whole run, so the one-off autotuning per conv shape pays back within a few iterations).
+    """
+    if options.precision not in PRECISIONS:
+        raise ValueError(f"run.precision={options.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if options.precision == "bf16" and not native_bf16(device):
+        warnings.warn(
+            f"run.precision=bf16 on a {device.type} without native bf16 (oneDNN/CUDA report none): the network "
+            "runs emulated, many times slower than fp32; use run.precision=fp32 here",
+            stacklevel=2,
+        )
+    fp32 = "tf32" if options.precision == "tf32" else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = fp32
+    torch.backends.cudnn.conv.fp32_precision = fp32
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def set_layout(net: VGGFeatures, options: EngineOptions) -> VGGFeatures:
+    """Store the conv weights channels_last when the activations will be (in place; returns ``net``).
+
+    A channels_last input with NCHW weights makes cuDNN copy every weight into the input's layout on
+    every call; converting the weights once removes that copy. ``loss_terms`` converts the input.
+    """
+    layout = torch.channels_last if options.channels_last else torch.contiguous_format
+    return net.to(memory_format=layout)
+
+
+def uses_layout(net: VGGFeatures, layout: torch.memory_format) -> bool:
+    """Whether every conv weight of ``net`` is stored in ``layout``."""
+    convs = [m for m in net.layers if isinstance(m, torch.nn.Conv2d)]
+    return all(m.weight.is_contiguous(memory_format=layout) for m in convs)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 convolutions run natively: on a CPU oneDNN needs AVX-512 BF16 or AMX (an AVX2-only
+    CPU falls back to a reference kernel, measured 6x-170x slower than fp32), on CUDA compute 8.0+."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False

@@ -1,0 +1,130 @@
+"""Engine speed settings: what each key really changes (flags, layouts, dtypes), checked on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from ablation import tracking
+from ablation.losses import LossWeights, gram
+from ablation.network import NetworkSpec, VGGFeatures
+from ablation.spec import SpecError, from_config
+from ablation.speed import configure_backends, native_bf16, set_layout, uses_layout
+from ablation.transfer import EngineOptions, compute_targets, initial_image, loss_terms
+from ablation.weights import random_weights
+
+
+@pytest.fixture
+def restore_backend_flags():
+    saved = (
+        torch.backends.cuda.matmul.fp32_precision,
+        torch.backends.cudnn.conv.fp32_precision,
+        torch.backends.cudnn.benchmark,
+    )
+    yield
+    torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved[:2]
+    torch.backends.cudnn.benchmark = saved[2]
+
+
+def test_tf32_only_with_precision_tf32(restore_backend_flags):
+    # torch's default lets cuDNN convolutions use TF32; fp32 (and bf16's fp32 parts) must switch it off
+    configure_backends(EngineOptions(precision="fp32"), torch.device("cpu"))
+    assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+    configure_backends(EngineOptions(precision="tf32"), torch.device("cpu"))
+    assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+    assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    cpu = torch.device("cpu")
+    if native_bf16(cpu):
+        configure_backends(EngineOptions(precision="bf16"), cpu)
+    else:  # an AVX2-only CPU emulates bf16: the user is told it will be slow
+        with pytest.warns(UserWarning, match="without native bf16"):
+            configure_backends(EngineOptions(precision="bf16"), cpu)
+    assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+
+
+def _tiny(options: EngineOptions):
+    net = set_layout(VGGFeatures(NetworkSpec(), random_weights("vgg19").convs, "relu5_1"), options)
+    noise = torch.Generator().manual_seed(0)
+    content = torch.randn(1, 3, 32, 32, generator=noise) * 60.0
+    style = torch.randn(1, 3, 32, 32, generator=noise) * 60.0
+    return net, content, compute_targets(net, content, [style], LossWeights())
+
+
+def test_channels_last_reaches_weights_and_activations():
+    options = EngineOptions(channels_last=True)
+    net, content, targets = _tiny(options)
+    assert uses_layout(net, torch.channels_last) and not uses_layout(net, torch.contiguous_format)
+    features = net(content.contiguous(memory_format=torch.channels_last), ["relu1_1", "relu3_1", "relu5_1"])
+    for name, value in features.items():
+        assert value.is_contiguous(memory_format=torch.channels_last), name
+        assert not value.is_contiguous(), name  # really NHWC, not a layout-ambiguous shape
+    # the same losses as NCHW up to float32 rounding (the conv sums in another order)
+    image = initial_image(content, [0])
+    nchw_net, _, nchw_targets = _tiny(EngineOptions())
+    torch.testing.assert_close(
+        loss_terms(net, image, targets, options), loss_terms(nchw_net, image, nchw_targets), rtol=1e-5, atol=0
+    )
+
+
+def test_bf16_runs_the_network_in_bf16_and_the_losses_in_fp32():
+    features = torch.randn(2, 8, 5, 7).to(torch.bfloat16)
+    g = gram(features)
+    assert g.dtype == torch.float32
+    torch.testing.assert_close(g, gram(features.float()), rtol=0, atol=0)  # the Gram of the cast, exactly
+    net, content, targets = _tiny(EngineOptions())
+    # an image with the inputs' spread, so that content and style losses are both far from 0 and from the
+    # targets' own magnitude (from faint noise the style loss is ~sum A^2 and hides any Gram error)
+    image = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 60.0
+    fp32 = loss_terms(net, image, targets)
+    bf16 = loss_terms(net, image, targets, EngineOptions(precision="bf16"))
+    assert bf16.dtype == torch.float32
+    # bf16 keeps 8 mantissa bits (0.4% per value); measured: content 0.09-0.35%, style 0.76-0.78%
+    deviation = ((bf16 - fp32).abs() / fp32.abs())[:, :2]
+    assert float(deviation.max()) < 0.02
+    assert float(deviation.min()) > 1e-4  # and bf16 really ran: the numbers are not fp32's
+    assert torch.equal(bf16[:, 2], fp32[:, 2])  # tv reads the image, not the network: exactly fp32
+
+
+def _config(*overrides: str) -> dict:
+    with initialize_config_dir(str(tracking.PROJECT_ROOT / "conf"), version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=["weights=random", *overrides]), resolve=True)
+
+
+def test_spec_reads_the_speed_keys_and_seeds():
+    spec = from_config(_config("run.precision=tf32", "run.compile=true", "run.channels_last=true"))
+    assert spec.engine == EngineOptions(precision="tf32", channels_last=True, compile=True)
+    assert spec.seeds == (0,)
+    spec = from_config(_config("run.seeds=[3,1,2]"))
+    assert spec.seeds == (3, 1, 2) and spec.seed == 3
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("run.precision=fp16", "run.precision='fp16': choose one of fp32, tf32, bf16"),
+        ("run.seeds=[0,0]", "run.seeds=[0, 0] repeats a seed"),
+        ("run.seeds=[]", "run.seeds is empty"),
+        ("run.seeds=[0.5]", "run.seeds=[0.5]: give a list of integers"),
+    ],
+)
+def test_spec_refuses_bad_speed_values(override: str, message: str):
+    with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        from_config(_config(override))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gram_and_its_symmetric_backward_equal_the_plain_product(layout):
+    """The Gram's one-bmm backward, in either layout, equals autograd through F F^T / n (float64)."""
+    features = torch.randn(2, 6, 5, 7, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_(True)
+    plain = features.detach().clone().requires_grad_(True)
+    weights = torch.randn(2, 6, 6, dtype=torch.float64)  # a non-symmetric upstream gradient
+    flat = plain.reshape(2, 6, 35)
+    expected = torch.bmm(flat, flat.transpose(1, 2)) / (6 * 35)
+    torch.testing.assert_close(gram(features), expected, rtol=1e-14, atol=0)
+    (gram(features) * weights).sum().backward()
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(features.grad, plain.grad, rtol=1e-12, atol=1e-15)
+    assert features.grad.is_contiguous(memory_format=layout)  # no layout change on the way back
