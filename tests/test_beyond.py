@@ -86,3 +86,34 @@ def test_second_scale_starts_from_the_first_upsampled(vgg19_random):
     assert starts[1].shape[-2:] == (24, 24)
     assert torch.equal(starts[1], upsample(finals[0], (24, 24)))
     assert not torch.equal(finals[1][..., :16, :16], finals[0])
+
+
+def test_two_scale_run_logs_each_scale_and_the_colour_preserved_image(store, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from ablation.run import execute
+    from tests.test_spec import config_for
+
+    overrides = {
+        "run.scales": "[32,48]", "run.scale_iterations": "[3,2]", "run.quiet": "true", "run.checkpoint_every": 0,
+        "transfer.preserve_colors": "true", "judge.enabled": "false",
+    }  # fmt: skip
+    results = execute(config_for(**overrides))
+    client = MlflowClient(store)
+    run = client.get_run(results["run_id"])
+    assert run.data.params["content_size_wh"] == "48x63"  # the finest scale: floor(533 / 400 * 48)
+    assert run.data.metrics["scale0_width"] == 32 and run.data.metrics["scale1_width"] == 48
+    assert run.data.metrics["scale0_loop_s"] > 0 and run.data.metrics["scale1_loop_s"] > 0
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "total"))
+    assert steps == list(range(7))  # 0..3 at 32 px, then 4..6 at 48 px, on one axis
+    files = {f.path for f in client.list_artifacts(run.info.run_id)}
+    assert {"final.png", "final_colors.png", "scales"} <= files
+    final = np.array(Image.open(client.download_artifacts(run.info.run_id, "final_colors.png", str(tmp_path))))
+    content = np.array(Image.open(client.download_artifacts(run.info.run_id, "inputs/content.png", str(tmp_path))))
+    assert final.shape == content.shape == (63, 48, 3)
+    # the colour-preserved output keeps the photo's chroma up to the RGB round trip
+    chroma = np.abs(
+        np.array(Image.fromarray(final).convert("YCbCr"))[..., 1:].astype(int)
+        - np.array(Image.fromarray(content).convert("YCbCr"))[..., 1:]
+    )
+    assert np.median(chroma) <= 2
