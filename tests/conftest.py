@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from ablation.weights import VGGWeights, random_weights
+from tests.support import DATA_DIR, PROJECT
 
-PROJECT = Path(__file__).resolve().parent.parent
 SHARED = PROJECT.parent / "shared"
-torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")
@@ -38,19 +34,5 @@ def store(tmp_path, monkeypatch) -> str:
     """A fresh sqlite MLflow store for this test, and the report's pair from ../shared/data."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("ABLATION_DATA_DIR", str(SHARED / "data"))
+    monkeypatch.setenv("ABLATION_DATA_DIR", str(DATA_DIR))
     return uri
-
-
-def cli_env(uri: str) -> dict[str, str]:
-    """Environment for a `python -m ablation.run` subprocess against the store ``uri``."""
-    return {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": uri,
-        "ABLATION_DATA_DIR": str(SHARED / "data"),
-        "PYTHONPATH": str(PROJECT),
-        "OMP_NUM_THREADS": "2",
-    }
-
-
-PYTHON = sys.executable

@@ -12,7 +12,7 @@ from pathlib import Path
 from joblib import Parallel, delayed
 from mlflow.tracking import MlflowClient
 
-from tests.rel_support import config, run_overrides
+from tests.support import config, run_overrides
 
 
 def job(folder: str, index: int) -> tuple[str, str]:

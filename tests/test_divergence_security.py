@@ -12,7 +12,7 @@ from PIL import Image
 from ablation import tracking
 from ablation.run import execute
 from ablation.transfer import DivergenceError
-from tests.rel_support import config, run_overrides
+from tests.support import config, run_overrides
 
 
 @pytest.fixture()

@@ -28,7 +28,7 @@ from ablation.memory import MemoryEstimateError, layer_sizes, transfer_bytes
 from ablation.run import _CLI_MARK, USER_ERRORS, debug_requested, execute, one_line
 from ablation.spec import SpecError
 from ablation.weights import WeightsError, load_weights, random_weights
-from tests.rel_support import PYTHON, ROOT, config, run_overrides, store_env
+from tests.support import PROJECT, PYTHON, config, run_overrides, store_env
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def test_unreachable_tracking_server_fails_before_computing(tmp_path: Path, monk
 
 
 def test_unknown_variant_lists_the_choices_in_one_line() -> None:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
         with pytest.raises(HydraException) as caught:
             compose("config", ["variant=nope"])
     assert one_line(caught.value) == (
@@ -181,7 +181,7 @@ def test_unknown_variant_lists_the_choices_in_one_line() -> None:
 
 def cli(args: list[str], folder: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [PYTHON, "-m", "ablation.run", *args], cwd=ROOT, env=store_env(folder) | env, capture_output=True, text=True
+        [PYTHON, "-m", "ablation.run", *args], cwd=PROJECT, env=store_env(folder) | env, capture_output=True, text=True
     )
 
 

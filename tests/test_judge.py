@@ -12,7 +12,7 @@ from ablation import judge
 from ablation.problem import prepare
 from ablation.run import execute
 from ablation.spec import from_config
-from tests._sweep_support import DATA_DIR, PROJECT
+from tests.support import DATA_DIR, PROJECT
 
 TINY = ["weights=random", "images.width=32", "run.iterations=3", "run.quiet=true", "run.checkpoint_every=0"]
 

@@ -25,7 +25,7 @@ from ablation.run import execute
 from ablation.spec import from_config
 from ablation.stopping import Interrupted, StopRequest
 from ablation.transfer import new_state, stylize
-from tests.rel_support import PYTHON, ROOT, config, run_overrides, store_env
+from tests.support import PROJECT, PYTHON, config, run_overrides, store_env
 
 ITERATIONS = 8
 
@@ -97,7 +97,7 @@ def test_sigterm_ends_the_run_killed_with_a_checkpoint(tmp_path: Path) -> None:
     overrides = run_overrides(tmp_path, 300)[:-2] + ["run.checkpoint_every=2", "run.device=cpu"]
     proc = subprocess.Popen(
         [PYTHON, "-m", "ablation.run", *overrides],
-        cwd=ROOT,
+        cwd=PROJECT,
         env=store_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

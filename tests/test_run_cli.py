@@ -6,7 +6,7 @@ import subprocess
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import PROJECT, PYTHON, cli_env
+from tests.support import PROJECT, PYTHON, store_env
 
 VARIANTS = ["original", "avg_pool", "leaky_relu", "tanh_final", "vgg16", "vgg16_tanh"]
 ITERATIONS = 20
@@ -21,7 +21,7 @@ def variant_runs(tmp_path_factory):
         "images.width=32", f"run.iterations={ITERATIONS}", "run.quiet=true", "run.checkpoint_every=15",
         f"hydra.sweep.dir={tmp / 'hydra'}",
     ]  # fmt: skip
-    done = subprocess.run(cmd, cwd=PROJECT, env=cli_env(uri), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=PROJECT, env=store_env(tmp), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("nst-ablation")
@@ -55,7 +55,7 @@ def test_each_variant_logs_a_complete_run(variant_runs, variant):
 
 def test_demo_without_network_stops_with_a_clear_message(tmp_path):
     env = {
-        **cli_env(f"sqlite:///{tmp_path / 'm.db'}"),
+        **store_env(tmp_path),
         "TORCH_HOME": str(tmp_path),
         "HTTPS_PROXY": "http://127.0.0.1:9",
     }
@@ -67,10 +67,10 @@ def test_demo_without_network_stops_with_a_clear_message(tmp_path):
 
 
 def test_demo_runs_with_random_weights(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = "DEMO_ARGS=weights=random images.width=32 run.iterations=3 run.quiet=true"
     done = subprocess.run(
-        ["make", "-s", "demo", args], cwd=PROJECT, env=cli_env(uri), capture_output=True, text=True, timeout=300
+        ["make", "-s", "demo", args], cwd=PROJECT, env=store_env(tmp_path), capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
     (run,) = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("nst-ablation").experiment_id])

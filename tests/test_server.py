@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from ablation import report
-from tests.rel_support import PYTHON, ROOT, run_overrides, store_env
+from tests.support import PROJECT, PYTHON, run_overrides, store_env
 
 #: launcher name -> extra Hydra arguments for ``python -m ablation.run -m``
 SWEEPS: dict[str, list[str]] = {"submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]}
@@ -50,7 +50,7 @@ def server(tmp_path: Path) -> Iterator[str]:
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         ["make", "-s", "-o", "install", "server", f"SERVER_PORT={port}", f"STORE_DIR={store}"],
-        cwd=ROOT,
+        cwd=PROJECT,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: the server's workers stop with it
@@ -88,7 +88,7 @@ def stop_group(proc: subprocess.Popen, timeout_s: float = 30) -> None:
 
 
 def test_make_server_binds_loopback_by_default() -> None:
-    dry = subprocess.run(["make", "-n", "-o", "install", "server"], cwd=ROOT, capture_output=True, text=True)
+    dry = subprocess.run(["make", "-n", "-o", "install", "server"], cwd=PROJECT, capture_output=True, text=True)
     assert "--host 127.0.0.1" in dry.stdout and "--workers 1" in dry.stdout
     assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in dry.stdout
 
@@ -99,7 +99,7 @@ def test_two_variant_sweep_against_a_real_server(server: str, tmp_path: Path, la
     args = ["variant=original,avg_pool", f"hydra.sweep.dir={tmp_path / 'multirun'}", *SWEEPS[launcher]]
     done = subprocess.run(
         [PYTHON, "-m", "ablation.run", "-m", *run_overrides(tmp_path, 2), *args],
-        cwd=ROOT,
+        cwd=PROJECT,
         env=env,
         capture_output=True,
         text=True,

@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ablation import report, sweep
-from tests._sweep_support import run_sweep, store_env, sweep_command
+from tests.support import run_sweep, store_env, sweep_command
 
 CONFIG = {
     "run": {"iterations": 3, "seed": 0, "quiet": False, "log_every": 1, "sync_every": 10, "device": "auto"},

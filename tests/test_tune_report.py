@@ -5,7 +5,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ablation import report
-from tests._sweep_support import run_sweep, store_env
+from tests.support import run_sweep, store_env
 
 
 def test_tuning_and_optimizer_sections(tmp_path, monkeypatch):

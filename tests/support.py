@@ -1,0 +1,85 @@
+"""Shared by the tests: paths, a tiny fast run config, a private MLflow store per test, sweeps as users run them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from PIL import Image
+
+PROJECT = Path(__file__).resolve().parent.parent
+DATA_DIR = PROJECT.parent / "shared" / "data"
+PYTHON = sys.executable
+#: Tiny images are all overhead: one thread beats two, and much more so on a shared, busy machine.
+torch.set_num_threads(1)
+#: Small and fast: 32 px, 3 steps, random weights, no progress bar, no checkpoints.
+TINY = ["weights=random", "images.width=32", "run.iterations=3", "run.quiet=true", "run.checkpoint_every=0"]
+
+
+def store_env(folder: Path) -> dict[str, str]:
+    """Environment for a subprocess using a private sqlite store in ``folder`` and the report's pair."""
+    env = dict(os.environ)
+    env.pop("HYDRA_FULL_ERROR", None)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    env["ABLATION_DATA_DIR"] = str(DATA_DIR)
+    env["PYTHONPATH"] = str(PROJECT)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def config(overrides: list[str]) -> dict[str, Any]:
+    """The resolved config ``python -m ablation.run OVERRIDES`` would run."""
+    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides)
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def tiny_images(folder: Path, size_px: int = 16) -> tuple[Path, Path]:
+    """A seeded content and style image of ``size_px`` square: the smallest the network accepts."""
+    rs = np.random.RandomState(0)
+    paths = []
+    for name in ("content.png", "style.png"):
+        pixels = rs.randint(0, 256, (size_px, size_px, 3)).astype(np.uint8)
+        paths.append(folder / name)
+        Image.fromarray(pixels).save(paths[-1])
+    return paths[0], paths[1]
+
+
+def run_overrides(folder: Path, iterations: int = 6) -> list[str]:
+    content, style = tiny_images(folder)
+    return [
+        "weights=random",
+        f"images.content={content}",
+        f"images.styles=[{style}]",
+        f"run.iterations={iterations}",
+        "run.quiet=true",
+        "run.sync_every=2",
+        "run.checkpoint_every=0",
+        "run.device=cpu",
+    ]
+
+
+def sweep_command(sweep_dir: Path, *overrides: str) -> list[str]:
+    """``python -m ablation.run -m`` with :data:`TINY` settings; ``overrides`` replace those with the same key."""
+    keys = {o.split("=")[0] for o in overrides}
+    tiny = [o for o in TINY if o.split("=")[0] not in keys]
+    return [PYTHON, "-m", "ablation.run", "-m", *tiny, f"hydra.sweep.dir={sweep_dir}", *overrides]
+
+
+def run_sweep(folder: Path, name: str, *overrides: str, timeout_s: float = 240) -> subprocess.CompletedProcess:
+    """Run a sweep to its end in a subprocess (cwd = ``folder``), with the store in ``folder``."""
+    return subprocess.run(
+        sweep_command(folder / name, *overrides),
+        cwd=folder,
+        env=store_env(folder),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
