@@ -213,6 +213,11 @@ def from_config(cfg: dict[str, Any]) -> RunSpec:
     _require(precision in PRECISIONS, f"run.precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
     seed = _number(run, "seed", "run", int)
     seeds = _seeds(run.get("seeds"), seed)
+    _require(
+        len(seeds) == 1 or isinstance(settings, AdamSettings),
+        f"run.seeds={list(seeds)} with optim=lbfgs: L-BFGS's history would couple the seeds; "
+        "batch seeds with Adam, or sweep run.seed=0,1,2 instead",
+    )
 
     scales = _floats(run.get("scales"), "run.scales")
     scale_iterations = _floats(run.get("scale_iterations"), "run.scale_iterations")

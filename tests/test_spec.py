@@ -38,6 +38,7 @@ def test_defaults_are_upstreams():
         ({"variant.pooling": "median"}, "variant.pooling='median': choose max or avg"),
         ({"images.width": -3}, "images.width=-3 must be > 0"),
         ({"run.precision": "fp8"}, "run.precision='fp8'"),
+        ({"optim": "lbfgs", "run.seeds": "[0,1]"}, "L-BFGS's history would couple the seeds"),
     ],
 )
 def test_bad_values_are_named(override, message):
