@@ -41,7 +41,7 @@ from ablation.resume import config_sha256, download_checkpoint, find_resumable
 from ablation.scales import Stage, coarse_to_fine
 from ablation.spec import RunSpec, SpecError, from_config
 from ablation.stopping import Interrupted, StopRequest, stop_on_signals
-from ablation.transfer import LOSS_NAMES, DivergenceError, TransferState, new_state, stylize
+from ablation.transfer import LOSS_NAMES, DivergenceError, TransferState, stylize
 from ablation.weights import WeightsError, load_weights
 
 #: Errors that mean "bad input": one line, exit code 2, nothing stored is touched.
@@ -124,15 +124,15 @@ def transfer_and_log(
         stages = [Stage(p.net, p.targets, tuple(p.content.shape[-2:]), p.spec.iterations) for p in problems]
         start = problems[0].start_image(list(spec.seeds))
         stream = coarse_to_fine(stages, start, spec.optim, spec.log_every, sync_every, spec.engine)
-        first_new, state = 0, new_state(start, spec.optim)
+        first_new, last_good = 0, (0, start.detach().clone())
     else:
         state, before = resumed
         histories[0], first_new = ([before] if len(before) else []), state.step + 1
         stream = stylize(problem.net, problem.targets, state, spec.iterations, spec.log_every, sync_every, spec.engine)
+        last_good = (state.step, state.image.detach().clone())
     last_step = sum(n for _, n in spec.stages()) + len(problems) - 1  # global step of the final image
-    last_good = (state.step, state.image.detach().clone())
     bar = tqdm(total=last_step, disable=spec.quiet, unit="it", dynamic_ncols=True, file=sys.stderr)
-    bar.update(state.step)
+    bar.update(last_good[0])
     loop_start = scale_start = time.perf_counter()
     scale_metrics: dict[str, float] = {}
     with tracking.scratch_dir() as scratch:
@@ -181,7 +181,7 @@ def transfer_and_log(
                     save_state(int(steps[-1]))
         except DivergenceError as err:
             bar.close()
-            step, image = last_good
+            state, (step, image) = err.state, last_good
             save_images("last_good.png", image)
             if state.best_image is not None and torch.isfinite(state.best_total).all():
                 save_images("best.png", state.best_image)
