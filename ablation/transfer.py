@@ -213,7 +213,8 @@ def stylize(
     sync_every: int = 10,
     options: EngineOptions = EngineOptions(),
 ) -> Iterator[Progress]:
-    """Run Adam from ``state.step`` to ``iterations``, yielding every ``sync_every`` steps and at the end.
+    """Run the optimiser (Adam or L-BFGS) from ``state.step`` to ``iterations``, yielding every ``sync_every``
+    steps and at the end.
 
     The best image is the lowest-total one seen at steps divisible by ``log_every`` (and the last),
     kept on the device with ``torch.where`` so no step waits for the host.
