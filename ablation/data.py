@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import urllib.error
@@ -30,8 +31,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nst-ablation"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in chunks. Remembered per (path, size, mtime): a sweep run in one process
+    would otherwise re-read the 548 MB weights file and every input image for each job and scale."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _sha256_of(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: Path, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def resolve_image(name: str) -> Path:
@@ -47,7 +61,7 @@ def resolve_image(name: str) -> Path:
     for folder in folders:
         candidate = folder / name
         if candidate.is_file():
-            if _sha256(candidate) != sha:
+            if file_sha256(candidate) != sha:
                 raise DataError(f"{candidate} does not match its SHA-256 {sha[:12]}...: delete it to re-download")
             return candidate
     target = cache_dir() / name
@@ -61,12 +75,8 @@ def resolve_image(name: str) -> Path:
             f"cannot download {url} ({getattr(err, 'reason', err)}): save it as {target} "
             "or set ABLATION_DATA_DIR to a folder holding it"
         ) from err
-    if _sha256(partial) != sha:
+    if file_sha256(partial) != sha:
         partial.unlink()
         raise DataError(f"{url} did not match its SHA-256 {sha[:12]}...: upstream changed the file?")
     partial.replace(target)
     return target
-
-
-def file_sha256(path: Path) -> str:
-    return _sha256(Path(path))

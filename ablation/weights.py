@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ablation.data import file_sha256
 from ablation.network import ARCHITECTURES, conv_shapes, layer_names
 
 #: upstream's (and Caffe VGG's) ImageNet mean pixel, RGB 0-255.
@@ -40,14 +41,6 @@ class VGGWeights:
     sha256: str
     location: str = ""  # file the weights came from, if any
     notes: dict[str, str] = field(default_factory=dict)
-
-
-def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sha256_tensors(convs: list[tuple[torch.Tensor, torch.Tensor]]) -> str:
@@ -137,7 +130,7 @@ def torchvision_weights(arch: str) -> VGGWeights:
             f"weights=file weights.path=STATE_DICT.pth, or weights=random (smoke tests only)"
         ) from err
     convs, mean_pixel = fold_torchvision_normalisation(_convs_from_state_dict(state, arch, str(cached)))
-    sha = sha256_file(cached) if cached.is_file() else sha256_tensors(convs)
+    sha = file_sha256(cached) if cached.is_file() else sha256_tensors(convs)
     return VGGWeights(arch, convs, mean_pixel, "torchvision", sha, str(cached))
 
 
@@ -167,7 +160,7 @@ def file_weights(
         pixel = tuple(float(v) for v in (mean_pixel or CAFFE_MEAN_PIXEL))
     else:
         raise WeightsError(f"weights.preprocessing={preprocessing!r}: choose torch or caffe")
-    return VGGWeights(arch, convs, pixel, "file", sha256_file(path), str(path), {"preprocessing": preprocessing})
+    return VGGWeights(arch, convs, pixel, "file", file_sha256(path), str(path), {"preprocessing": preprocessing})
 
 
 def _field(record: np.void, name: str, position: int):
@@ -224,7 +217,7 @@ def matconvnet_weights(arch: str, path: str | Path) -> VGGWeights:
             )
         weight = torch.from_numpy(np.ascontiguousarray(kernels.transpose(3, 2, 0, 1)))
         convs.append((weight, torch.from_numpy(np.asarray(bias, dtype=np.float32).reshape(-1))))
-    return VGGWeights(arch, convs, mean_pixel, "matconvnet", sha256_file(path), str(path))
+    return VGGWeights(arch, convs, mean_pixel, "matconvnet", file_sha256(path), str(path))
 
 
 def load_weights(source: str, arch: str, **options) -> VGGWeights:
