@@ -18,9 +18,11 @@ SWEEP_ARGS ?=
 SWEEP ?=
 
 comma := ,
-BENCH_ARGS ?=
-.PHONY: install demo test lint ui server sweep report tune bench
-install: $(VENV)/.installed
+.PHONY: help install demo test lint ui server sweep report tune bench
+help:  ## every target with what it does
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
+
+install: $(VENV)/.installed  ## the virtual environment in .venv (torch, hydra, mlflow, ...)
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
@@ -50,7 +52,7 @@ tune: install  ## tune content/style/TV weights per variant to minimise the judg
 report: install  ## reports/<sweep>/report.md from the latest sweep (or SWEEP=<sweep id>)
 	$(PY) -m ablation.report $(if $(SWEEP),--sweep $(SWEEP))
 
-lint: install
+lint: install  ## ruff check and format check (the engine boundary included)
 	$(PY) -m ruff check ablation tests && $(PY) -m ruff format --check ablation tests
 
 ui: install  ## MLflow UI on the project's store, bound to 127.0.0.1
@@ -63,3 +65,7 @@ server: install  ## MLflow tracking server on the project's store; set MLFLOW_TR
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server \
 		--backend-store-uri sqlite:///$(STORE_DIR)/mlflow.db --artifacts-destination $(STORE_DIR)/artifacts \
 		--host $(SERVER_HOST) --port $(SERVER_PORT) --workers 1
+
+BENCH_ARGS ?=
+bench: install  ## the benchmark: engine vs baselines, machine peaks, targets (reports/bench/bench.md); BENCH_ARGS=--quick
+	$(PY) -m ablation.bench $(BENCH_ARGS)

@@ -38,16 +38,16 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from ablation.data import DataError
-from ablation.images import ImageError
-from ablation.losses import LossWeights
-from ablation.network import ARCHITECTURES, NetworkSpec, conv_shapes, layer_names
-from ablation.problem import Problem, pick_device, prepare
+from ablation.engine.backends import PRECISIONS, configure_backends, native_bf16, set_layout
+from ablation.engine.images import ImageError
+from ablation.engine.inputs import DataError
+from ablation.engine.losses import LossWeights
+from ablation.engine.network import ARCHITECTURES, NetworkSpec, conv_shapes, layer_names
+from ablation.engine.prepare import Problem, pick_device, prepare
+from ablation.engine.transfer import EngineOptions, new_state, stylize
+from ablation.engine.weights import VGGWeights, WeightsError, load_weights
+from ablation.paths import CONF_DIR, REPORTS_DIR
 from ablation.spec import SpecError, from_config
-from ablation.speed import PRECISIONS, configure_backends, native_bf16, set_layout
-from ablation.tracking import PROJECT_ROOT
-from ablation.transfer import EngineOptions, new_state, stylize
-from ablation.weights import VGGWeights, WeightsError, load_weights
 
 VARIANTS = ("original", "avg_pool", "leaky_relu", "tanh_final", "vgg16", "vgg16_tanh")
 LAYOUTS = {"nchw": False, "nhwc": True}
@@ -426,7 +426,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--batch-seeds", type=int, default=4, help="seeds in the batched-seeds timing (0: skip)")
     parser.add_argument("--batch-size-px", type=int, default=256, help="content width of the batched-seeds timing")
     parser.add_argument("--full-run-iters", type=int, default=1000, help="CUDA: a whole run of original at 512 px")
-    parser.add_argument("--out", default=str(PROJECT_ROOT / "reports" / "bench"), help="folder for bench.md/.json")
+    parser.add_argument("--out", default=str(REPORTS_DIR / "bench"), help="folder for bench.md/.json")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="64 px, original, a few iterations: a smoke run")
     args = parser.parse_args(argv)
@@ -531,7 +531,7 @@ def bench_problem(variant: str, width: int, device: torch.device, weights: VGGWe
     from omegaconf import OmegaConf
 
     overrides = [f"variant={variant}", f"images.width={width}", "weights=random", f"run.device={device}"]
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         config = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
     return prepare(from_config(config), device, weights)  # type: ignore[arg-type]
 

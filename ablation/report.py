@@ -26,8 +26,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from ablation import sweep, tracking
+from ablation.paths import REPORTED_DIR, REPORTS_DIR
 
-REPORTED_DIR = Path(__file__).resolve().parent / "reported"
 #: Variant -> the report's column label, in the report's order.
 VARIANT_LABELS = {
     "original": "Original model",
@@ -598,9 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablation.report", description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", help="sweep id or parent run id (default: the latest sweep)")
     parser.add_argument("--experiment", default="nst-ablation", help="MLflow experiment (default: nst-ablation)")
-    parser.add_argument(
-        "--out", type=Path, default=tracking.PROJECT_ROOT / "reports", help="folder for reports/<sweep>/"
-    )
+    parser.add_argument("--out", type=Path, default=REPORTS_DIR, help="folder for reports/<sweep>/")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:

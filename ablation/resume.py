@@ -17,7 +17,7 @@ from typing import Any
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from ablation.checkpoint import CHECKPOINT_ARTIFACT
+from ablation.engine.checkpoint import CHECKPOINT_ARTIFACT
 
 #: Config keys that change neither the computation nor its result: excluded from ``config_sha256``.
 IGNORED_KEYS = frozenset(

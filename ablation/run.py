@@ -30,19 +30,21 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
-from ablation import judge, sweep, tracking
-from ablation.checkpoint import CheckpointError, load_checkpoint, restore_rng, save_checkpoint
-from ablation.colors import preserve_colors
-from ablation.data import DataError, file_sha256, resolve_image
-from ablation.images import ImageError, save_png
-from ablation.memory import MemoryEstimateError, check_fits
-from ablation.problem import Problem, pick_device, prepare
+from ablation import sweep, tracking
+from ablation.engine import judge
+from ablation.engine.checkpoint import CheckpointError, load_checkpoint, restore_rng, save_checkpoint
+from ablation.engine.colors import preserve_colors
+from ablation.engine.images import ImageError, save_png
+from ablation.engine.inputs import DataError, file_sha256, resolve_image
+from ablation.engine.memory import MemoryEstimateError, check_fits
+from ablation.engine.plan import RunSpec
+from ablation.engine.prepare import Problem, pick_device, prepare
+from ablation.engine.scales import Stage, coarse_to_fine
+from ablation.engine.transfer import LOSS_NAMES, DivergenceError, TransferState, stylize
+from ablation.engine.weights import WeightsError, load_weights
 from ablation.resume import config_sha256, download_checkpoint, find_resumable
-from ablation.scales import Stage, coarse_to_fine
-from ablation.spec import RunSpec, SpecError, from_config
+from ablation.spec import SpecError, from_config
 from ablation.stopping import Interrupted, StopRequest, stop_on_signals
-from ablation.transfer import LOSS_NAMES, DivergenceError, TransferState, stylize
-from ablation.weights import WeightsError, load_weights
 
 #: Errors that mean "bad input": one line, exit code 2, nothing stored is touched.
 USER_ERRORS = (

@@ -6,70 +6,18 @@ message that names the key, the value and what is allowed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from ablation.losses import LossWeights
-from ablation.network import ARCHITECTURES, NetworkSpec, deepest
-from ablation.speed import PRECISIONS
-from ablation.transfer import AdamSettings, EngineOptions, LBFGSSettings
-from ablation.weights import SOURCES
+from ablation.engine.backends import PRECISIONS
+from ablation.engine.losses import LossWeights
+from ablation.engine.network import ARCHITECTURES, NetworkSpec
+from ablation.engine.plan import ImagesSpec, RunSpec, WeightsSpec
+from ablation.engine.transfer import AdamSettings, EngineOptions, LBFGSSettings
+from ablation.engine.weights import SOURCES
 
 
 class SpecError(ValueError):
     """A configuration value that cannot be used."""
-
-
-@dataclass(frozen=True)
-class ImagesSpec:
-    content: str
-    styles: tuple[str, ...]
-    style_scales: tuple[float, ...]
-    style_blend: tuple[float, ...] | None
-    width: int | None
-    exif_transpose: bool = True
-
-
-@dataclass(frozen=True)
-class WeightsSpec:
-    source: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    variant: str
-    network: NetworkSpec
-    loss: LossWeights
-    optim: AdamSettings | LBFGSSettings
-    engine: EngineOptions
-    images: ImagesSpec
-    weights: WeightsSpec
-    iterations: int
-    seed: int  # the first of ``seeds``
-    seeds: tuple[int, ...]  # optimised as one batch, one MLflow run each
-    device: str
-    init: str
-    init_noise_blend: float | None
-    log_every: int
-    sync_every: int
-    checkpoint_every: int
-    quiet: bool
-    preserve_colors: bool = False
-    match_style_colors: bool = False
-    scales: tuple[int, ...] | None = None  # content widths, coarse to fine
-    scale_iterations: tuple[int, ...] | None = None
-
-    def stages(self) -> list[tuple[int | None, int]]:
-        """(content width, iterations) per scale: one stage at images.width unless run.scales is set."""
-        if not self.scales:
-            return [(self.images.width, self.iterations)]
-        return list(zip(self.scales, self.scale_iterations or (self.iterations,) * len(self.scales), strict=True))
-
-    @property
-    def last_layer(self) -> str:
-        """Where the network is truncated: the deepest layer with a non-zero loss weight."""
-        return deepest(self.network.arch, self.loss.read_layers())
 
 
 def _require(ok: bool, message: str) -> None:

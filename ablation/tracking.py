@@ -24,8 +24,8 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-RUNS_DIR = PROJECT_ROOT / "runs"
+from ablation.paths import RUNS_DIR
+
 MAX_PARAM_CHARS = 6000
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ablation.weights import VGGWeights, random_weights
+from ablation.engine.weights import VGGWeights, random_weights
 from tests.support import DATA_DIR, PROJECT
 
 SHARED = PROJECT.parent / "shared"

@@ -4,10 +4,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ablation.colors import luminance_transfer_ycbcr, match_colors, preserve_colors
-from ablation.losses import LossWeights
-from ablation.network import NetworkSpec, VGGFeatures
-from ablation.transfer import LBFGSSettings, compute_targets, initial_image, new_state, stylize
+from ablation.engine.colors import luminance_transfer_ycbcr, match_colors, preserve_colors
+from ablation.engine.losses import LossWeights
+from ablation.engine.network import NetworkSpec, VGGFeatures
+from ablation.engine.transfer import LBFGSSettings, compute_targets, initial_image, new_state, stylize
 
 
 def small_problem(weights):
@@ -65,8 +65,8 @@ def test_match_colors_moves_the_style_palette_to_the_content():
 
 
 def test_second_scale_starts_from_the_first_upsampled(vgg19_random):
-    from ablation.scales import Stage, coarse_to_fine, upsample
-    from ablation.transfer import AdamSettings
+    from ablation.engine.scales import Stage, coarse_to_fine, upsample
+    from ablation.engine.transfer import AdamSettings
 
     net = VGGFeatures(NetworkSpec(), vgg19_random.convs, "relu5_1")
     rng = torch.Generator().manual_seed(0)

@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from ablation import tracking
+from ablation.engine.transfer import DivergenceError
 from ablation.run import execute
-from ablation.transfer import DivergenceError
 from tests.support import config, run_overrides
 
 

@@ -22,12 +22,12 @@ from hydra.errors import HydraException
 from mlflow.tracking import MlflowClient
 
 from ablation import tracking
-from ablation.data import DataError
-from ablation.images import ImageError
-from ablation.memory import MemoryEstimateError, layer_sizes, transfer_bytes
+from ablation.engine.images import ImageError
+from ablation.engine.inputs import DataError
+from ablation.engine.memory import MemoryEstimateError, layer_sizes, transfer_bytes
+from ablation.engine.weights import WeightsError, load_weights, random_weights
 from ablation.run import _CLI_MARK, USER_ERRORS, debug_requested, execute, one_line
 from ablation.spec import SpecError
-from ablation.weights import WeightsError, load_weights, random_weights
 from tests.support import PROJECT, PYTHON, config, run_overrides, store_env
 
 

@@ -18,13 +18,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ablation.checkpoint import CHECKPOINT_ARTIFACT, load_checkpoint, save_checkpoint
-from ablation.problem import prepare
+from ablation.engine.checkpoint import CHECKPOINT_ARTIFACT, load_checkpoint, save_checkpoint
+from ablation.engine.prepare import prepare
+from ablation.engine.transfer import new_state, stylize
 from ablation.resume import config_sha256, find_resumable
 from ablation.run import execute
 from ablation.spec import from_config
 from ablation.stopping import Interrupted, StopRequest
-from ablation.transfer import new_state, stylize
 from tests.support import PROJECT, PYTHON, config, run_overrides, store_env
 
 ITERATIONS = 8

@@ -1,14 +1,13 @@
 """Config validation: each bad value is refused with a message that names it."""
 
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from ablation.paths import CONF_DIR
 from ablation.spec import SpecError, from_config
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+CONF = str(CONF_DIR)
 
 
 def config_for(variant: str = "original", **overrides) -> dict:

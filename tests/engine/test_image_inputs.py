@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ablation.images import ImageError, image_size_wh, read_rgb
+from ablation.engine.images import ImageError, image_size_wh, read_rgb
 
 JPEG_TOLERANCE = 6  # levels of 255 a flat colour may move through JPEG at quality 95
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ablation.losses import LossWeights
-from ablation.network import NetworkSpec, VGGFeatures
-from ablation.transfer import Targets, compute_targets, initial_image, loss_terms, new_state, stylize
-from ablation.weights import random_weights
+from ablation.engine.losses import LossWeights
+from ablation.engine.network import NetworkSpec, VGGFeatures
+from ablation.engine.transfer import Targets, compute_targets, initial_image, loss_terms, new_state, stylize
+from ablation.engine.weights import random_weights
+from ablation.paths import CONF_DIR
 
 SEEDS = (0, 1)
 
@@ -87,7 +88,7 @@ def test_batched_run_logs_one_mlflow_run_per_seed(tmp_path, monkeypatch):
     from PIL import Image
 
     from ablation import run, tracking
-    from ablation.problem import prepare
+    from ablation.engine.prepare import prepare
     from ablation.spec import from_config
 
     pixels = np.random.default_rng(0).integers(0, 256, size=(2, 40, 48, 3), dtype=np.uint8)
@@ -106,7 +107,7 @@ def test_batched_run_logs_one_mlflow_run_per_seed(tmp_path, monkeypatch):
         "run.checkpoint_every=0",
         "tracking.experiment=batched",
     ]
-    with initialize_config_dir(str(tracking.PROJECT_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     from omegaconf import OmegaConf
 

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
-from ablation.images import PixelSpace
-from ablation.losses import LossWeights
-from ablation.network import NetworkSpec, VGGFeatures
-from ablation.problem import Problem, build_network
-from ablation.transfer import LOSS_NAMES, Targets, compute_targets, loss_terms
-from ablation.weights import VGGWeights, load_weights
+from ablation.engine.images import PixelSpace
+from ablation.engine.losses import LossWeights
+from ablation.engine.network import NetworkSpec, VGGFeatures
+from ablation.engine.prepare import Problem, build_network
+from ablation.engine.transfer import LOSS_NAMES, Targets, compute_targets, loss_terms
+from ablation.engine.weights import VGGWeights, load_weights
 
 #: The judge network: the report's original model.
 JUDGE_NETWORK = NetworkSpec(arch="vgg19", pooling="max", activation="relu", final_activation=None)

@@ -7,13 +7,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from ablation import tracking
-from ablation.losses import LossWeights, gram
-from ablation.network import NetworkSpec, VGGFeatures
+from ablation.engine.backends import configure_backends, native_bf16, set_layout, uses_layout
+from ablation.engine.losses import LossWeights, gram
+from ablation.engine.network import NetworkSpec, VGGFeatures
+from ablation.engine.transfer import EngineOptions, compute_targets, initial_image, loss_terms
+from ablation.engine.weights import random_weights
+from ablation.paths import CONF_DIR
 from ablation.spec import SpecError, from_config
-from ablation.speed import configure_backends, native_bf16, set_layout, uses_layout
-from ablation.transfer import EngineOptions, compute_targets, initial_image, loss_terms
-from ablation.weights import random_weights
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_bf16_runs_the_network_in_bf16_and_the_losses_in_fp32():
 
 
 def _config(*overrides: str) -> dict:
-    with initialize_config_dir(str(tracking.PROJECT_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return OmegaConf.to_container(compose("config", overrides=["weights=random", *overrides]), resolve=True)
 
 

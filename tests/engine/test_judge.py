@@ -8,8 +8,8 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from ablation import judge
-from ablation.problem import prepare
+from ablation.engine import judge
+from ablation.engine.prepare import prepare
 from ablation.run import execute
 from ablation.spec import from_config
 from tests.support import DATA_DIR, PROJECT

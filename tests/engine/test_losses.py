@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ablation.losses import LossWeights, content_loss, gram, mean_squared, style_loss, tv_loss
+from ablation.engine.losses import LossWeights, content_loss, gram, mean_squared, style_loss, tv_loss
 
 
 def test_gram_is_ftf_over_hwc():

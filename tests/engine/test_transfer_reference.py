@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ablation.engine.weights import random_weights
 from ablation.run import execute
-from ablation.weights import random_weights
+from tests.engine.test_weights import write_matconvnet
 from tests.test_spec import config_for
-from tests.test_weights import write_matconvnet
 
 TERMS = ("content", "style", "tv", "total")
 
@@ -80,7 +80,7 @@ def test_max_pooling_matches_upstream_over_the_first_steps(shared, standin_mat, 
 def test_matconvnet_file_drives_the_same_numbers_as_the_state_dict(standin_mat, tmp_path, store):
     import torch
 
-    from ablation.network import layer_names
+    from ablation.engine.network import layer_names
 
     names = [n for n in layer_names("vgg19") if n.startswith("conv")]
     state = {}

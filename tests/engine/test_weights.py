@@ -9,8 +9,8 @@ import scipy.io
 import torch
 import torchvision
 
-from ablation.network import NetworkSpec, VGGFeatures, layer_names
-from ablation.weights import (
+from ablation.engine.network import NetworkSpec, VGGFeatures, layer_names
+from ablation.engine.weights import (
     CAFFE_MEAN_PIXEL,
     TORCHVISION_MEAN,
     TORCHVISION_STD,

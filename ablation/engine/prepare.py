@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ablation.colors import match_colors
-from ablation.data import file_sha256, resolve_image
-from ablation.images import ImageError, PixelSpace, content_size, read_rgb, resize, style_size
-from ablation.network import MIN_IMAGE_SIDE_PX, VGGFeatures
-from ablation.spec import ImagesSpec, RunSpec
-from ablation.speed import configure_backends, set_layout
-from ablation.transfer import Targets, compute_targets, initial_image
-from ablation.weights import VGGWeights, load_weights
+from ablation.engine.backends import configure_backends, set_layout
+from ablation.engine.colors import match_colors
+from ablation.engine.images import ImageError, PixelSpace, content_size, read_rgb, resize, style_size
+from ablation.engine.inputs import file_sha256, resolve_image
+from ablation.engine.network import MIN_IMAGE_SIDE_PX, VGGFeatures
+from ablation.engine.plan import ImagesSpec, RunSpec
+from ablation.engine.transfer import Targets, compute_targets, initial_image
+from ablation.engine.weights import VGGWeights, load_weights
 
 
 def pick_device(name: str) -> torch.device:

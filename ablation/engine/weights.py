@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ablation.data import file_sha256
-from ablation.network import ARCHITECTURES, conv_shapes, layer_names
+from ablation.engine.inputs import file_sha256
+from ablation.engine.network import ARCHITECTURES, conv_shapes, layer_names
 
 #: upstream's (and Caffe VGG's) ImageNet mean pixel, RGB 0-255.
 CAFFE_MEAN_PIXEL = (123.68, 116.779, 103.939)

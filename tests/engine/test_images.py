@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from ablation.images import PixelSpace, content_size, style_size
-from ablation.problem import load_images
-from ablation.spec import ImagesSpec
+from ablation.engine.images import PixelSpace, content_size, style_size
+from ablation.engine.plan import ImagesSpec
+from ablation.engine.prepare import load_images
 
 
 def test_content_width_sets_floor_height():

@@ -1,6 +1,6 @@
 """Saving and restoring the loop's full state, so an interrupted transfer continues exactly where it stopped.
 
-A checkpoint holds what :func:`ablation.transfer.stylize` needs to go on from ``state.step`` (the image,
+A checkpoint holds what :func:`ablation.engine.transfer.stylize` needs to go on from ``state.step`` (the image,
 Adam's moments and step count, the best image, its total and step) plus the loss history so far and the
 random number generators' states. Resuming recomputes the losses of step ``state.step`` from the saved
 image and optimiser, which is exactly what the uninterrupted loop does next, so the final losses agree
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ablation.transfer import AdamSettings, LBFGSSettings, TransferState, new_state
+from ablation.engine.transfer import AdamSettings, LBFGSSettings, TransferState, new_state
 
 CHECKPOINT_FORMAT = 1
 #: The artifact path of a run's latest checkpoint.

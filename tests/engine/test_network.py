@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from ablation.losses import LossWeights
-from ablation.network import NetworkSpec, VGGFeatures, deepest, layer_names
+from ablation.engine.losses import LossWeights
+from ablation.engine.network import NetworkSpec, VGGFeatures, deepest, layer_names
 from ablation.spec import from_config
 from tests.test_spec import config_for
 

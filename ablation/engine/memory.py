@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ablation.data import resolve_image
-from ablation.images import content_size, image_size_wh, style_size
-from ablation.network import STAGE_CHANNELS, conv_shapes, layer_names
-from ablation.spec import RunSpec
+from ablation.engine.images import content_size, image_size_wh, style_size
+from ablation.engine.inputs import resolve_image
+from ablation.engine.network import STAGE_CHANNELS, conv_shapes, layer_names
+from ablation.engine.plan import RunSpec
 
 FLOAT_BYTES = 4
 INDEX_BYTES = 8

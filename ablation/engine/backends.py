@@ -13,8 +13,8 @@ import warnings
 
 import torch
 
-from ablation.network import VGGFeatures
-from ablation.transfer import EngineOptions
+from ablation.engine.network import VGGFeatures
+from ablation.engine.transfer import EngineOptions
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 

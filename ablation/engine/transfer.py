@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ablation.losses import (
+from ablation.engine.losses import (
     LossWeights,
     content_loss,
     gram,
     style_loss,
     tv_loss,
 )
-from ablation.network import VGGFeatures
+from ablation.engine.network import VGGFeatures
 
 LOSS_NAMES = ("content", "style", "tv", "total")
 NOISE_SCALE = 0.256  # upstream: tf.random_normal(shape) * 0.256, in pixel space

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ablation.transfer import AdamSettings, EngineOptions, LBFGSSettings, Progress, Targets, new_state, stylize
+from ablation.engine.transfer import AdamSettings, EngineOptions, LBFGSSettings, Progress, Targets, new_state, stylize
 
 
 def upsample(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:

@@ -1,0 +1,9 @@
+"""Where the project keeps things: its root, the MLflow store (``runs/``), generated reports (``reports/``)."""
+
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = PROJECT_ROOT / "conf"
+RUNS_DIR = PROJECT_ROOT / "runs"
+REPORTS_DIR = PROJECT_ROOT / "reports"
+REPORTED_DIR = Path(__file__).resolve().parent / "reported"
