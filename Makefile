@@ -18,7 +18,7 @@ SWEEP_ARGS ?=
 SWEEP ?=
 
 comma := ,
-.PHONY: help install demo test lint ui server sweep report tune bench
+.PHONY: help install demo test lint ui server sweep report tune bench slurm-up slurm-down
 help:  ## every target with what it does
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
 
@@ -69,3 +69,9 @@ server: install  ## MLflow tracking server on the project's store; set MLFLOW_TR
 BENCH_ARGS ?=
 bench: install  ## the benchmark: engine vs baselines, machine peaks, targets (reports/bench/bench.md); BENCH_ARGS=--quick
 	$(PY) -m ablation.bench $(BENCH_ARGS)
+
+slurm-up:  ## a one-node SLURM on this machine (installs slurm-wlm + munge if missing; root or sudo), then sinfo idle
+	.ci/slurm up
+
+slurm-down:  ## stop the one-node SLURM of make slurm-up (by its pid files)
+	.ci/slurm down
