@@ -53,7 +53,7 @@ report: install  ## reports/<sweep>/report.md from the latest sweep (or SWEEP=<s
 	$(PY) -m ablation.report $(if $(SWEEP),--sweep $(SWEEP))
 
 lint: install  ## ruff check and format check (the engine boundary included)
-	$(PY) -m ruff check ablation tests && $(PY) -m ruff format --check ablation tests
+	$(PY) -m ruff check ablation hydra_plugins tests && $(PY) -m ruff format --check ablation hydra_plugins tests
 
 ui: install  ## MLflow UI on the project's store, bound to 127.0.0.1
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000
@@ -61,9 +61,11 @@ ui: install  ## MLflow UI on the project's store, bound to 127.0.0.1
 SERVER_HOST ?= 127.0.0.1
 SERVER_PORT ?= 5000
 STORE_DIR ?= $(CURDIR)/runs
+# STORE_URI: the server's backend store, e.g. postgresql://USER:PASSWORD@HOST:5432/mlflow (README, Cluster)
+STORE_URI ?= sqlite:///$(STORE_DIR)/mlflow.db
 server: install  ## MLflow tracking server on the project's store; set MLFLOW_TRACKING_URI=http://$(SERVER_HOST):$(SERVER_PORT)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server \
-		--backend-store-uri sqlite:///$(STORE_DIR)/mlflow.db --artifacts-destination $(STORE_DIR)/artifacts \
+		--backend-store-uri $(STORE_URI) --artifacts-destination $(STORE_DIR)/artifacts \
 		--host $(SERVER_HOST) --port $(SERVER_PORT) --workers 1
 
 BENCH_ARGS ?=

@@ -41,6 +41,8 @@ NOT_RESULT_KEYS = (
     "run.quiet",
     "run.debug",
     "run.force",
+    "run.status_every",
+    "run.heartbeat_limit_s",
     "run.log_every",
     "run.sync_every",
     "run.checkpoint_every",
@@ -236,3 +238,16 @@ def _job_identity(config: DictConfig) -> dict[str, Any]:
         "seed": OmegaConf.select(config, "run.seed"),
         "overrides": list(OmegaConf.to_container(config.hydra.overrides.task)),
     }
+
+
+def record_lost(sweep_dir: Path, job_num: int, overrides: list[str], error: str) -> None:
+    """Record, from the launching process, a job that ended without reporting back (SIGKILL, node failure).
+
+    A job that recorded its own end (``killed`` by SIGTERM, with a checkpoint) keeps that record.
+    """
+    parent = json.loads((sweep_dir.resolve() / PARENT_FILE).read_text())
+    job = SweepJob(parent["parent_run_id"], parent["sweep_id"], parent["experiment_id"], job_num)
+    client = MlflowClient(tracking.tracking_uri())
+    record = read_jobs(client, job.parent_run_id).get(job_num, {})
+    if record.get("status") in (None, "running"):
+        record_job(client, job, {**record, "overrides": overrides, "status": "lost", "error": error})
