@@ -1,6 +1,6 @@
 """Bad input: one clear line naming the value and the fix, a non-zero exit, and the store left as it was.
 
-Most cases go through ``ablation.run.execute`` in-process (the exception and its message are what the
+Most cases go through ``ablation.job.execute`` in-process (the exception and its message are what the
 CLI prints after ``error:``); a few go through the real ``python -m ablation.run`` for the exit code,
 the single line and the absence of a traceback.
 """
@@ -26,7 +26,8 @@ from ablation.engine.images import ImageError
 from ablation.engine.inputs import DataError
 from ablation.engine.memory import MemoryEstimateError, layer_sizes, transfer_bytes
 from ablation.engine.weights import WeightsError, load_weights, random_weights
-from ablation.run import _CLI_MARK, USER_ERRORS, debug_requested, execute, one_line
+from ablation.job import execute
+from ablation.run import _CLI_MARK, USER_ERRORS, debug_requested, one_line
 from ablation.spec import SpecError
 from tests.support import PROJECT, PYTHON, config, run_overrides, store_env
 

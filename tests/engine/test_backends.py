@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
+from ablation import schema
 from ablation.engine.backends import configure_backends, native_bf16, set_layout, uses_layout
 from ablation.engine.losses import LossWeights, gram
 from ablation.engine.network import NetworkSpec, VGGFeatures
@@ -90,7 +90,7 @@ def test_bf16_runs_the_network_in_bf16_and_the_losses_in_fp32():
 
 def _config(*overrides: str) -> dict:
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return OmegaConf.to_container(compose("config", overrides=["weights=random", *overrides]), resolve=True)
+        return schema.plain(compose("config", overrides=["weights=random", *overrides]))
 
 
 def test_spec_reads_the_speed_keys_and_seeds():
