@@ -11,10 +11,9 @@ job is run, never its numbers: fingerprints and the resume hash leave it out (:d
 
 from __future__ import annotations
 
-from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -155,7 +154,7 @@ class LossConfig:
 class JudgeConfig:
     enabled: bool = True  # score every output with one fixed network: original (VGG19, max, ReLU)
     weights_path: str | None = neutral(None)  # VGG19 file when the variant's weights.path is a VGG16 one
-    loss: dict[str, float] | None = None  # the judge's loss weights (None: the run's)
+    loss: LossConfig | None = None  # the judge's loss weights (None: the run's)
 
 
 @dataclass
@@ -204,24 +203,36 @@ def register() -> None:
             store.store(group=f"schema/{group}", name=option, node=node)
 
 
-def _neutral_keys(node: type, prefix: str) -> set[str]:
+def _section(hint: Any) -> type | None:
+    """The dataclass a field holds (``LossConfig | None`` included), or None for a plain value."""
+    candidates = [hint, *get_args(hint)]
+    return next((c for c in candidates if is_dataclass(c)), None)
+
+
+def _keys(node: type, prefix: str, only_neutral: bool) -> set[str]:
     keys: set[str] = set()
+    hints = get_type_hints(node)
     for f in fields(node):
-        kind = f.default_factory() if f.default_factory is not NO_DEFAULT else None  # type: ignore[misc]
-        if is_dataclass(kind):
-            keys |= _neutral_keys(type(kind), f"{prefix}{f.name}.")
-        elif f.metadata.get(NEUTRAL):
+        section = _section(hints[f.name])
+        if section is not None:
+            keys |= _keys(section, f"{prefix}{f.name}.", only_neutral)
+            if f.default is None and not only_neutral:  # an optional section may also be just null
+                keys.add(f"{prefix}{f.name}")
+        elif f.name in GROUP_OPTIONS:
+            keys |= {k for option in GROUP_OPTIONS[f.name].values() for k in _keys(option, f"{f.name}.", only_neutral)}
+        elif f.metadata.get(NEUTRAL) or not only_neutral:
             keys.add(f"{prefix}{f.name}")
     return keys
 
 
+def schema_keys() -> frozenset[str]:
+    """Every dotted key a composed config can hold (the group options' included)."""
+    return frozenset(_keys(Config, "", only_neutral=False))
+
+
 def result_neutral_keys() -> frozenset[str]:
-    """Dotted keys that change no result, read off the schema (the group options' included)."""
-    keys = _neutral_keys(Config, "")
-    for group, options in GROUP_OPTIONS.items():
-        for node in options.values():
-            keys |= _neutral_keys(node, f"{group}.")
-    return frozenset(keys)
+    """Dotted keys that change no result, read off the schema."""
+    return frozenset(_keys(Config, "", only_neutral=True))
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:
