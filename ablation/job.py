@@ -9,6 +9,7 @@ continues only with ``run.resume=true``. SIGINT/SIGTERM end the run KILLED with 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 import torchvision
 from omegaconf import OmegaConf
 
-from ablation import fingerprint, tracking
+from ablation import fingerprint, heartbeat, tracking
 from ablation.engine import judge
 from ablation.engine.checkpoint import load_checkpoint, restore_rng
 from ablation.engine.inputs import file_sha256, resolve_image
@@ -95,6 +96,29 @@ def skip_finished(job: Job) -> str | None:
     return None
 
 
+def slurm_tags() -> dict[str, str]:
+    """The SLURM job running this run (for scontrol, scancel, its log) and how often SLURM restarted it."""
+    env = os.environ
+    if "SLURM_JOB_ID" not in env:
+        return {}
+    array = env.get("SLURM_ARRAY_JOB_ID")
+    job_id = f"{array}_{env['SLURM_ARRAY_TASK_ID']}" if array else env["SLURM_JOB_ID"]
+    return {"slurm_job_id": job_id, "slurm_restarts": env.get("SLURM_RESTART_COUNT", "0")}
+
+
+def running_elsewhere(job: Job) -> str | None:
+    """In a sweep, the id of a live RUNNING run with this job's fingerprint (another job is on it: skip);
+    RUNNING runs whose heartbeat is older than ``run.heartbeat_limit_s`` are marked KILLED on the way, so
+    :func:`find_previous` continues them (:mod:`ablation.heartbeat`)."""
+    if job.sweep is None or job.config["run"]["force"]:
+        return None
+    limit_s = float(job.config["run"]["heartbeat_limit_s"])
+    live = heartbeat.take_over_dead(job.client, job.experiment_id, job.fingerprints[job.spec.seed], limit_s)
+    if live is not None:
+        log.warning("%s: skipped, a RUNNING run with a recent heartbeat has its fingerprint", live.info.run_id)
+    return live.info.run_id if live is not None else None
+
+
 def find_previous(job: Job) -> str | None:
     """The KILLED/FAILED run to continue: a sweep's by itself, a single run's with ``run.resume=true``."""
     one_seed_one_scale = len(job.spec.seeds) == 1 and job.spec.scales is None
@@ -155,6 +179,7 @@ def open_runs(job: Job, problem: Problem) -> list[tracking.RunLog]:
             **({"random_weights": "true"} if problem.weights.source == "random" else {}),
             **({"batch_seeds": ",".join(map(str, spec.seeds))} if len(spec.seeds) > 1 else {}),
             **(job.sweep.child_tags() if job.sweep is not None else {}),
+            **slurm_tags(),
         }
         name = f"{run_name}-s{seed}" if run_name and len(spec.seeds) > 1 else run_name
         run = tracking.RunLog(job.client, job.experiment_id, name or f"{spec.variant}-s{seed}", tags)
@@ -171,7 +196,8 @@ def reopen_run(job: Job, run_id: str) -> tuple[tracking.RunLog, TransferState, n
         state, history, payload = load_checkpoint(path, job.device)
     restore_rng(payload["rng"])
     run = tracking.RunLog.reopen(job.client, run_id)
-    run.tags({"resume_count": int(run.run.data.tags.get("resume_count", "0")) + 1, "resumed_from_step": state.step})
+    count = int(run.run.data.tags.get("resume_count", "0")) + 1
+    run.tags({"resume_count": count, "resumed_from_step": state.step, **slurm_tags()})
     log.warning("resuming run %s from step %s", run_id, state.step)
     return run, state, history
 
@@ -192,7 +218,10 @@ def transfer(
     stream = coarse_to_fine(stages, start, spec.optim, spec.log_every, int(sync_every), spec.engine, resumed)
     first_new = resumed.step + 1 if resumed is not None else 0
     with tracking.scratch_dir() as scratch:
-        recorder = Recorder(spec, problems, logs, Path(scratch), job.fingerprints[spec.seed], first_new, before)
+        status_every = job.config["run"]["status_every"]
+        recorder = Recorder(
+            spec, problems, logs, Path(scratch), job.fingerprints[spec.seed], first_new, before, status_every
+        )
         try:
             with stop_on_signals(stop) as request:
                 results = recorder.finish(record(stream, recorder, request), setup_s, scorer)
@@ -227,6 +256,9 @@ def execute(config: dict[str, Any], sweep: SweepJob | None = None, stop: StopReq
     skipped = skip_finished(job)
     if skipped is not None:
         return {"status": "skipped", "run_id": skipped}
+    live = running_elsewhere(job)
+    if live is not None:
+        return {"status": "skipped", "run_id": live}
     previous = find_previous(job)
     problems = [
         prepare(replace(job.spec, images=replace(job.spec.images, width=width), iterations=n), job.device, job.weights)

@@ -1,6 +1,7 @@
 """The recorder: consumes the engine's progress stream and writes it to MLflow.
 
-Step losses go out in batches (only steps not logged before a resume), checkpoints and their images every
+Step losses go out in batches at sync points with a heartbeat (only steps not logged before a resume or
+a hard kill, :mod:`ablation.heartbeat`), checkpoints and their images every
 ``run.checkpoint_every`` steps and when a stop is requested, per-scale timings and images for coarse to fine,
 and at the end the final and best images, the inputs, ``losses.csv`` and the results. One code path for a
 fresh and a resumed run: the engine's stream looks the same, only ``first_new_step`` differs.
@@ -10,14 +11,12 @@ from __future__ import annotations
 
 import csv
 import resource
-import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ablation.engine.checkpoint import save_checkpoint
 from ablation.engine.colors import preserve_colors
@@ -25,6 +24,7 @@ from ablation.engine.images import save_png
 from ablation.engine.plan import RunSpec
 from ablation.engine.prepare import Problem
 from ablation.engine.transfer import LOSS_NAMES, DivergenceError, Progress, TransferState
+from ablation.status import RunStatus
 from ablation.stopping import Interrupted, StopRequest
 from ablation.tracking import RunLog
 
@@ -58,7 +58,7 @@ class Recorder:
 
     def __init__(
         self, spec: RunSpec, problems: list[Problem], logs: list[RunLog], folder: Path, fingerprint: str,
-        first_new_step: int = 0, before: np.ndarray | None = None,
+        first_new_step: int = 0, before: np.ndarray | None = None, status_every: int = 100,
     ) -> None:  # fmt: skip
         self.spec, self.problems, self.logs, self.folder, self.fingerprint = spec, problems, logs, folder, fingerprint
         self.pixels = problems[-1].pixels
@@ -69,8 +69,7 @@ class Recorder:
         self.last_good: tuple[int, torch.Tensor] | None = None
         self.scale_metrics: dict[str, float] = {}
         self.final_step = sum(n for _, n in spec.stages()) + len(problems) - 1  # global step of the final image
-        self.bar = tqdm(total=self.final_step, disable=spec.quiet, unit="it", dynamic_ncols=True, file=sys.stderr)
-        self.bar.update(max(first_new_step - 1, 0))
+        self.bar = RunStatus(self.final_step, max(first_new_step - 1, 0), spec.quiet, status_every)
         self.started = self.scale_started = time.perf_counter()
 
     def save_images(self, name: str, images: torch.Tensor, artifact_folder: str | None = None) -> None:
@@ -82,6 +81,7 @@ class Recorder:
         path = save_checkpoint(state, np.concatenate(self.histories[0]), self.folder / "state.pt", self.fingerprint)
         self.logs[0].artifact(path, "checkpoint")
         self.save_images(f"step_{step:06d}.png", state.image, "checkpoints")
+        self.logs[0].beat()
 
     def observe(self, progress: Progress) -> None:
         """Log the steps of one sync point; at a scale's end, its timing and (before the last) its image."""
@@ -92,9 +92,8 @@ class Recorder:
         for i, log in enumerate(self.logs):
             log.step_metrics(LOSS_NAMES, steps[logged], progress.losses[logged, i, :])
             self.histories[i].append(np.column_stack([steps, progress.losses[:, i, :]]))
-        self.bar.update(int(steps[-1]) - self.bar.n)
-        latest = dict(zip(LOSS_NAMES, progress.losses[-1, 0], strict=True))
-        self.bar.set_postfix({k: f"{v:.4g}" for k, v in latest.items()}, refresh=False)
+            log.beat(force=False)
+        self.bar.update(int(steps[-1]), dict(zip(LOSS_NAMES, progress.losses[-1, 0].tolist(), strict=True)))
         if not progress.done:
             self.last_good = (progress.global_step, progress.state.image.detach().clone())
         elif len(self.problems) > 1:

@@ -96,6 +96,9 @@ def main(cfg: DictConfig) -> dict[str, Any] | float | None:
         results = execute(config, job)
     except Interrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
+        if job is not None:  # a re-run of the sweep (or submitit's requeue, below) continues it
+            sweep.record_outcome(job, config, {"status": "killed", "run_id": err.run_id, "error": str(err)})
+        err.stop.hand_over()  # SLURM's warning signal: submitit requeues the job and exits
         sys.exit(err.stop.exit_code)
     except Exception as err:
         expected = isinstance(err, (*USER_ERRORS, DivergenceError))

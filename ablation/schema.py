@@ -127,6 +127,8 @@ class RunConfig:
     channels_last: bool = False  # NHWC activations and conv weights
     compile: bool = False  # torch.compile the loss function
     quiet: bool = neutral(False)  # no progress bar
+    status_every: int = neutral(100)  # steps between logged status lines where stderr is no terminal (SLURM, CI)
+    heartbeat_limit_s: float = neutral(600.0)  # sweeps: a RUNNING run with an older heartbeat is dead: continued
     scales: list[int] | None = None  # coarse-to-fine content widths, e.g. [256,512]
     scale_iterations: list[int] | None = None  # iterations per scale (default run.iterations each)
     debug: bool = neutral(False)  # full tracebacks instead of one-line errors

@@ -4,16 +4,24 @@ SLURM preemption, ``scancel`` and ``kill`` send SIGTERM; Ctrl-C sends SIGINT. Ei
 the loop notices it at its next sync point (every ``run.sync_every`` steps), where the state is whole,
 saves a checkpoint and ends the run KILLED. A second signal gives up on the checkpoint and raises
 ``KeyboardInterrupt`` at once, for a user who does not want to wait.
+
+SIGUSR1 or SIGUSR2 is SLURM's warning before a time limit or preemption (submitit: ``--signal=USR2@delay``); submitit
+arms it with a handler that requeues the job and exits at once, losing the steps since the last periodic
+checkpoint. Where such a handler is armed, SIGUSR1 is a stop request like SIGTERM, and the armed handler
+is called afterwards (:meth:`StopRequest.hand_over`), once the checkpoint is saved and the run ended.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Signals whose armed Python handler (submitit's requeue) runs after the checkpoint instead of before it.
+HAND_OVER_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 class StopRequest:
@@ -22,6 +30,12 @@ class StopRequest:
     def __init__(self, at_step: int | None = None) -> None:
         self.signal: int | None = None
         self.at_step = at_step  # stop once this step is reached, as if signalled (tests, time limits)
+        self.armed: Callable[[int, Any], Any] | None = None  # the handler the signal was taken from
+
+    def hand_over(self) -> None:
+        """Call the handler the stop signal was taken from (submitit: requeue, then exit), if any."""
+        if self.armed is not None and self.signal is not None:
+            self.armed(self.signal, None)
 
     def request(self, signum: int = signal.SIGTERM) -> None:
         self.signal = signum
@@ -65,13 +79,15 @@ def stop_on_signals(stop: StopRequest, signals: tuple[int, ...] = STOP_SIGNALS) 
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
+    armed = {s: h for s in HAND_OVER_SIGNALS if callable(h := signal.getsignal(s))}
 
     def handle(signum: int, _frame: object) -> None:
         if stop.signal is not None:
             raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without a checkpoint")
+        stop.armed = armed.get(signum)
         stop.request(signum)
 
-    previous = {s: signal.signal(s, handle) for s in signals}
+    previous = {s: signal.signal(s, handle) for s in (*signals, *armed)}
     try:
         yield stop
     finally:

@@ -24,6 +24,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ablation import heartbeat
 from ablation.engine.errors import UserError
 from ablation.paths import RUNS_DIR
 
@@ -178,9 +179,13 @@ class RunLog:
     def __init__(self, client: MlflowClient, experiment_id: str, run_name: str, tags: Mapping[str, str]) -> None:
         self.client = client
         name = redact({"run_name": run_name})["run_name"]
-        self.run = client.create_run(experiment_id, run_name=name, tags=redact(tags))
+        tags = {**redact(tags), **heartbeat.beat_tags(-1)}
+        self.run = client.create_run(experiment_id, run_name=name, tags=tags)
         self.run_id = self.run.info.run_id
         self._pending: list[Metric] = []
+        self.logged_step = -1  # the last step whose losses are stored: never logged again (see beat)
+        self._queued_step = -1
+        self._last_beat_s = time.monotonic()
 
     @classmethod
     def reopen(cls, client: MlflowClient, run_id: str) -> RunLog:
@@ -193,6 +198,8 @@ class RunLog:
             client.delete_tag(run_id, "error")
         log.run_id = run_id
         log._pending = []
+        log.logged_step = log._queued_step = heartbeat.logged_step(log.run)
+        log.beat()
         return log
 
     def params(self, params: Mapping[str, Any]) -> None:
@@ -210,9 +217,26 @@ class RunLog:
             self.flush()
 
     def step_metrics(self, names: Iterable[str], steps: Iterable[int], rows: Iterable[Iterable[float]]) -> None:
+        """Queue per-step values; steps at or before :attr:`logged_step` (stored before a restart) are dropped."""
         names = list(names)
         for step, row in zip(steps, rows, strict=True):
-            self.metrics(dict(zip(names, row, strict=True)), int(step))
+            if step > self.logged_step:
+                self.metrics(dict(zip(names, row, strict=True)), int(step))
+                self._queued_step = max(self._queued_step, int(step))
+
+    def beat(self, force: bool = True) -> None:
+        """Store what is queued and the heartbeat in one request (see :mod:`ablation.heartbeat`).
+
+        ``force=False`` (every sync point) beats at most every ``heartbeat.BEAT_EVERY_S`` seconds.
+        """
+        if not force and time.monotonic() - self._last_beat_s < heartbeat.BEAT_EVERY_S:
+            return
+        while len(self._pending) > MAX_BATCH:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            self.client.log_batch(self.run_id, metrics=batch)
+        tags = [RunTag(k, v) for k, v in heartbeat.beat_tags(self._queued_step).items()]
+        self.client.log_batch(self.run_id, metrics=self._pending, tags=tags)
+        self._pending, self.logged_step, self._last_beat_s = [], self._queued_step, time.monotonic()
 
     def flush(self) -> None:
         while self._pending:
