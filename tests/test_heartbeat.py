@@ -1,0 +1,67 @@
+"""Heartbeats: a dead RUNNING run is taken over, a live one never; a restarted run logs no step twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from ablation import heartbeat, tracking
+
+
+def store(tmp_path: Path) -> tuple[MlflowClient, str]:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return client, client.create_experiment("beats")
+
+
+def running(client: MlflowClient, experiment_id: str, beat_s: float | None, key: str = "f1") -> str:
+    tags = {"fingerprint": key, **(heartbeat.beat_tags(-1, beat_s) if beat_s is not None else {})}
+    return client.create_run(experiment_id, tags=tags).info.run_id
+
+
+def test_only_runs_silent_for_longer_than_the_limit_are_taken(tmp_path: Path) -> None:
+    client, experiment_id = store(tmp_path)
+    now = 1_000_000.0
+    dead = running(client, experiment_id, now - 601)  # 601 s without a heartbeat > 600 s limit
+    live = running(client, experiment_id, now - 599)  # within the limit: alive
+    legacy = running(client, experiment_id, None)  # no heartbeat tag (older code): never taken
+    other = running(client, experiment_id, now - 10_000, key="f2")  # another fingerprint: not this job's
+    found = heartbeat.take_over_dead(client, experiment_id, "f1", 600, now_s=now)
+    assert found is not None and found.info.run_id == live
+    status = {r: client.get_run(r).info.status for r in (dead, live, legacy, other)}
+    assert status == {dead: "KILLED", live: "RUNNING", legacy: "RUNNING", other: "RUNNING"}
+    tags = client.get_run(dead).data.tags
+    assert tags["taken_over_after_s"] == "601.0" and "taken for dead" in tags["error"]
+
+
+def test_no_live_run_means_none(tmp_path: Path) -> None:
+    client, experiment_id = store(tmp_path)
+    running(client, experiment_id, 0.0)
+    assert heartbeat.take_over_dead(client, experiment_id, "f1", 600, now_s=1000.0) is None
+
+
+def test_beat_stores_metrics_with_the_logged_step_and_a_reopened_run_skips_them(tmp_path: Path) -> None:
+    client, experiment_id = store(tmp_path)
+    log = tracking.RunLog(client, experiment_id, "r", {})
+    log.step_metrics(["total"], [0, 1, 2], [[3.0], [2.0], [1.0]])
+    log.beat()
+    tags = client.get_run(log.run_id).data.tags
+    assert tags["logged_step"] == "2" and float(tags["heartbeat"]) > 0
+    log.step_metrics(["total"], [3], [[0.5]])  # queued, never stored: lost with a hard kill
+    client.set_terminated(log.run_id, "KILLED")
+
+    again = tracking.RunLog.reopen(client, log.run_id)  # resumed from a checkpoint at step 1
+    again.step_metrics(["total"], [1, 2, 3, 4], [[2.0], [1.0], [0.5], [0.25]])
+    again.end()
+    steps = sorted(m.step for m in client.get_metric_history(log.run_id, "total"))
+    assert steps == [0, 1, 2, 3, 4]  # 1 and 2 were stored before: not again; 3 was lost: logged now
+
+
+def test_beats_between_sync_points_are_rate_limited(tmp_path: Path) -> None:
+    client, experiment_id = store(tmp_path)
+    log = tracking.RunLog(client, experiment_id, "r", {})
+    log.step_metrics(["total"], [0], [[1.0]])
+    log.beat(force=False)  # right after creation: within BEAT_EVERY_S, nothing sent
+    assert client.get_run(log.run_id).data.tags["logged_step"] == "-1"
+    log.beat()
+    assert client.get_run(log.run_id).data.tags["logged_step"] == "0"
