@@ -1,0 +1,273 @@
+"""The cluster path on a real one-node SLURM: ``make sweep LAUNCHER=slurm`` against a real ``make server``.
+
+Time limits, ``scancel`` and SIGKILL lose nothing: each ends with one FINISHED run per job whose every step is
+logged once and whose final losses equal an uninterrupted run's (rtol 1e-6; the same CPU and thread count give
+the same numbers bit for bit, since resuming recomputes each step from the saved image and Adam state).
+
+Iterations are sized from this machine's measured speed (:func:`iterations_for`), so a job outlasts its time
+limit whether the machine is fast or shared and slow. Each test uses its own MLflow experiment on the shared
+server. Needs ``make slurm-up`` (skips otherwise; CI=true makes a skip a failure).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from ablation import heartbeat
+from ablation.engine.checkpoint import CHECKPOINT_ARTIFACT
+from ablation.run import execute
+from ablation.sweep import read_jobs
+from tests.support import DATA_DIR, PROJECT, PYTHON, config
+
+#: What every job here runs (the report's pair at 32 px, random weights, the table2 experiment's variants).
+SIZE = ["EXPERIMENT=table2", "WEIGHTS=random", "SIZE=32", "SEEDS=0"]
+RESULTS = ("final_content", "final_style", "final_tv", "final_total")
+#: Time limit and warning: SLURM signals the job 10 s before its one-minute limit.
+TIME_LIMIT = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10"]
+
+
+def launcher(partition: str) -> list[str]:
+    """The launcher keys a user sets for this node (no GPU, one CPU, little memory)."""
+    return [
+        f"hydra.launcher.partition={partition}",
+        "hydra.launcher.gpus_per_node=0",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=2",
+    ]
+
+
+def sweep_env(uri: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return env | {
+        "MLFLOW_TRACKING_URI": uri,
+        "ABLATION_DATA_DIR": str(DATA_DIR),
+        "PYTHONPATH": str(PROJECT),
+        "OMP_NUM_THREADS": "1",  # the reference runs with one thread too: the same numbers
+    }
+
+
+def make_sweep(uri: str, folder: Path, iterations: int, *args: str) -> list[str]:
+    """``make sweep LAUNCHER=slurm ...`` as a user types it, in its own experiment and sweep folder."""
+    sweep_args = [f"hydra.sweep.dir={folder}", f"tracking.experiment={folder.name}", "run.device=cpu", *args]
+    return ["make", "-s", "-o", "install", "sweep", "LAUNCHER=slurm", *SIZE, f"ITER={iterations}"] + [
+        "SWEEP_ARGS=" + " ".join(sweep_args)
+    ]
+
+
+def run_sweep(
+    uri: str, folder: Path, iterations: int, *args: str, timeout_s: float = 400
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        make_sweep(uri, folder, iterations, *args),
+        cwd=PROJECT,
+        env=sweep_env(uri),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def start_sweep(uri: str, folder: Path, iterations: int, *args: str) -> subprocess.Popen:
+    log = open(folder.with_suffix(".log"), "w")  # noqa: SIM115 - the child holds it
+    return subprocess.Popen(
+        make_sweep(uri, folder, iterations, *args), cwd=PROJECT, env=sweep_env(uri), stdout=log, stderr=log, text=True
+    )
+
+
+def child_runs(client: MlflowClient, experiment: str) -> list[Run]:
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id]) if found else []
+    return [r for r in runs if r.data.tags.get("sweep_role") != "parent"]
+
+
+def wait_for(what: str, check, timeout_s: float = 240, every_s: float = 1.0):
+    deadline = time.monotonic() + timeout_s
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what} after {timeout_s:.0f} s"
+        time.sleep(every_s)
+    return found
+
+
+def logged_steps(client: MlflowClient, run_id: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, "total"))
+
+
+@pytest.fixture(scope="module")
+def speed_it_s(tmp_path_factory: pytest.TempPathFactory) -> float:
+    """Iterations per second of one 32 px job on this machine now (20 steps, in this process, one thread)."""
+    folder = tmp_path_factory.mktemp("speed")
+    overrides = ["weights=random", "images.width=32", "run.iterations=20", "run.quiet=true", "judge.enabled=false"]
+    os.environ["ABLATION_DATA_DIR"] = str(DATA_DIR)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    try:
+        results = execute(config(overrides + ["run.checkpoint_every=0", "run.device=cpu"]))
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    return 1000 / results["iter_ms"]
+
+
+@pytest.fixture(scope="module")
+def iterations(speed_it_s: float) -> int:
+    """Steps that take 45 s of compute: more than one segment of a one-minute job (signalled at 50 s) holds after
+    its start-up (8 s or more), so the limit is always hit, yet 4 segments (3 requeues) finish it on a busy machine."""
+    return max(60, int(speed_it_s * 45) // 10 * 10)
+
+
+@pytest.fixture(scope="module")
+def reference(server: str, iterations: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, float]]:
+    """The uninterrupted run (``original``, seed 0, same settings), started at once beside the SLURM jobs."""
+    folder = tmp_path_factory.mktemp("reference")
+    cmd = [PYTHON, "-m", "ablation.run", "experiment=table2", "variant=original", "run.seed=0", "weights=random"]
+    cmd += ["images.width=32", f"run.iterations={iterations}", "run.device=cpu", "run.quiet=true"]
+    cmd += ["tracking.experiment=reference", f"hydra.run.dir={folder}"]
+    proc = subprocess.Popen(cmd, cwd=PROJECT, env=sweep_env(server), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cache: dict[str, float] = {}
+
+    def result() -> dict[str, float]:
+        if not cache:
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err.decode()[-2000:]
+            (run,) = child_runs(MlflowClient(server), "reference")
+            cache.update({k: run.data.metrics[k] for k in RESULTS})
+        return cache
+
+    yield result  # type: ignore[misc]
+    proc.kill()
+
+
+def assert_equals_reference(run: Run, reference: dict[str, float]) -> None:
+    for key in RESULTS:
+        assert run.data.metrics[key] == pytest.approx(reference[key], rel=1e-6), key
+
+
+def test_two_variant_sweep_finishes(slurm_partition: str, server: str, tmp_path: Path) -> None:
+    done = run_sweep(server, tmp_path / "two", 20, *launcher(slurm_partition))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Bypassing sacct error" not in done.stdout + done.stderr  # accounting is off: states from squeue
+
+    client = MlflowClient(server)
+    runs = child_runs(client, "two")
+    assert sorted(r.data.tags["variant"] for r in runs) == ["original", "vgg16_tanh"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["slurm_job_id"] for r in runs)
+    assert all(logged_steps(client, r.info.run_id) == list(range(21)) for r in runs)
+    (parent,) = client.search_runs([runs[0].info.experiment_id], "tags.sweep_role = 'parent'")
+    assert parent.info.status == "FINISHED"
+    assert sorted(j["status"] for j in read_jobs(client, parent.info.run_id).values()) == ["finished", "finished"]
+    report = subprocess.run(
+        [PYTHON, "-m", "ablation.report", "--experiment", "two", "--sweep", parent.data.tags["sweep_id"]]
+        + ["--out", str(tmp_path / "reports")],
+        cwd=PROJECT,
+        env=sweep_env(server),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "VGG16" in next((tmp_path / "reports").rglob("report.md")).read_text()
+
+
+def test_time_limit_checkpoints_at_the_signal_and_requeues(
+    slurm_partition: str, server: str, iterations: int, reference, tmp_path: Path
+) -> None:
+    """No periodic checkpoint (run.checkpoint_every=0): whatever is continued was saved at SLURM's signal."""
+    started = time.monotonic()
+    done = run_sweep(
+        server,
+        tmp_path / "limit",
+        iterations,
+        "variant=original",
+        "run.checkpoint_every=0",
+        *launcher(slurm_partition),
+        *TIME_LIMIT,
+        timeout_s=500,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(server)
+    (run,) = child_runs(client, "limit")
+    assert run.info.status == "FINISHED"
+    requeues = int(run.data.tags["resume_count"])
+    assert 1 <= requeues <= 3 and int(run.data.tags["slurm_restarts"]) == requeues
+    assert logged_steps(client, run.info.run_id) == list(range(iterations + 1))  # every step once
+    interrupted = [int(m.value) for m in client.get_metric_history(run.info.run_id, "interrupted_step")]
+    assert len(interrupted) == requeues and all(0 < s < iterations for s in interrupted)
+    assert_equals_reference(run, reference())
+    print(
+        f"\ntime limit: {iterations} steps, {requeues} requeues (checkpoints at steps {interrupted}), "
+        f"{time.monotonic() - started:.0f} s; final "
+        + ", ".join(f"{k} {run.data.metrics[k]:.9g} vs {reference()[k]:.9g}" for k in RESULTS)
+    )
+
+
+def test_scancel_ends_killed_and_a_rerun_continues(
+    slurm_partition: str, server: str, iterations: int, tmp_path: Path
+) -> None:
+    folder, args = tmp_path / "cancel", ["run.checkpoint_every=0", *launcher(slurm_partition)]
+    proc = start_sweep(server, folder, iterations, *args)
+    client = MlflowClient(server)
+    try:
+
+        def original_logging() -> Run | None:
+            runs = [r for r in child_runs(client, "cancel") if r.data.tags.get("variant") == "original"]
+            return runs[0] if runs and heartbeat.logged_step(runs[0]) >= 10 else None
+
+        run = wait_for("the original job's first steps", original_logging)
+        subprocess.run(["scancel", run.data.tags["slurm_job_id"]], check=True)  # SIGTERM
+        assert proc.wait(timeout=400) == 1  # one job did not finish: the sweep says so
+    finally:
+        proc.kill()
+    killed = client.get_run(run.info.run_id)
+    assert killed.info.status == "KILLED" and "SIGTERM" in killed.data.tags["error"]
+    assert CHECKPOINT_ARTIFACT in [f.path for f in client.list_artifacts(run.info.run_id, "checkpoint")]
+
+    again = run_sweep(server, folder, iterations, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "1 ran, 1 skipped" in again.stderr  # vgg16_tanh had finished: skipped
+    finished = client.get_run(run.info.run_id)  # the same run, continued
+    assert finished.info.status == "FINISHED" and finished.data.tags["resume_count"] == "1"
+    assert logged_steps(client, run.info.run_id) == list(range(iterations + 1))
+    assert len(child_runs(client, "cancel")) == 2
+
+
+def test_sigkill_leaves_a_run_a_later_sweep_takes_over(
+    slurm_partition: str, server: str, iterations: int, reference, tmp_path: Path
+) -> None:
+    folder = tmp_path / "sigkill"
+    args = ["variant=original", "run.checkpoint_every=20", *launcher(slurm_partition)]
+    proc = start_sweep(server, folder, iterations, *args)
+    client = MlflowClient(server)
+    try:
+
+        def past_a_checkpoint() -> Run | None:
+            runs = child_runs(client, "sigkill")
+            return runs[0] if runs and heartbeat.logged_step(runs[0]) >= 30 else None
+
+        run = wait_for("a checkpoint", past_a_checkpoint)
+        fingerprint, experiment_id = run.data.tags["fingerprint"], run.info.experiment_id
+        live = heartbeat.take_over_dead(client, experiment_id, fingerprint, limit_s=60)
+        assert live is not None and live.info.run_id == run.info.run_id  # alive: never taken for dead
+        assert client.get_run(run.info.run_id).info.status == "RUNNING"
+        subprocess.run(["scancel", "--signal=KILL", run.data.tags["slurm_job_id"]], check=True)
+        assert proc.wait(timeout=300) == 1
+    finally:
+        proc.kill()
+    stale = client.get_run(run.info.run_id)
+    assert stale.info.status == "RUNNING"  # nobody said anything: only the heartbeat tells
+    assert "without a result" in folder.with_suffix(".log").read_text()
+    time.sleep(max(0.0, 6 - heartbeat.heartbeat_age_s(stale)))
+
+    again = run_sweep(server, folder, iterations, *args, "run.heartbeat_limit_s=5")
+    assert again.returncode == 0, again.stderr[-3000:]
+    finished = client.get_run(run.info.run_id)
+    assert finished.info.status == "FINISHED" and finished.data.tags["resume_count"] == "1"
+    assert float(finished.data.tags["taken_over_after_s"]) > 5
+    assert int(finished.data.tags["resumed_from_step"]) % 20 == 0  # the last periodic checkpoint
+    assert logged_steps(client, run.info.run_id) == list(range(iterations + 1))  # none twice, none lost
+    assert_equals_reference(finished, reference())
