@@ -63,6 +63,12 @@ def use_queue_watcher() -> None:
         log.info("SLURM accounting is off: job states come from squeue")
 
 
+def quiet_submitit_logger() -> None:
+    """submitit logs through its own handlers (stdout, and stderr from WARNING) and again through the root
+    logger, which Hydra sends to the console and each job's log: every line came twice or three times."""
+    logging.getLogger("submitit").propagate = False
+
+
 def lost_job_message(job: submitit.Job) -> str:
     """One line for a job that ended without a result: its SLURM state and where its log is."""
     return (

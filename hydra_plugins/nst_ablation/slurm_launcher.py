@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import submitit
 from hydra.core.singleton import Singleton
@@ -19,7 +20,7 @@ from omegaconf import OmegaConf
 from submitit.core.utils import UncompletedJobError
 
 from ablation import sweep
-from ablation.cluster import lost_job_message, use_queue_watcher
+from ablation.cluster import lost_job_message, quiet_submitit_logger, use_queue_watcher
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None
+        quiet_submitit_logger()
         use_queue_watcher()
         init_keys = {"max_num_timeout", "submitit_folder"}
         executor = submitit.AutoExecutor(
@@ -52,6 +54,11 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         args = [(list(o), "hydra.sweep.dir", n, f"job_id_for_{n}", state) for n, o in enumerate(job_overrides, nums[0])]
         jobs = executor.map_array(self, *zip(*args, strict=True))
         return [self._outcome(job, n, o) for job, n, o in zip(jobs, nums, job_overrides, strict=True)]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        """The job, on its node: submitit's log lines once each."""
+        quiet_submitit_logger()
+        return super().__call__(*args, **kwargs)
 
     def _outcome(self, job: submitit.Job, num: int, overrides: Sequence[str]) -> JobReturn:
         try:
