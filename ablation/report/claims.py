@@ -38,6 +38,7 @@ QUANTITIES = {
 QUANTITY_WORDS = {"runtime": "runtime", "content": "content loss", "style": "style loss", "tv": "TV loss"}
 HOLDS, FAILS, INCONCLUSIVE = "holds", "fails", "inconclusive"
 ONE_SEED = "inconclusive (1 seed)"
+NO_JUDGE = "no judge (runtime)"  # not "n/a": pandas reads that back as NaN
 CONFIDENCE = 0.95
 
 
@@ -146,7 +147,7 @@ def one_hardware_class(runs: pd.DataFrame, variants: list[str]) -> str | None:
 def on_runs(claim: pd.Series, runs: pd.DataFrame, column: str | None) -> tuple[str, Comparison | None, str]:
     """The claim on the sweep's runs, by ``column``: (verdict, binding comparison, hardware class of runtimes)."""
     if column is None:
-        return "n/a", None, ""
+        return NO_JUDGE, None, ""
     involved = [claim["variant"], *versus_variants(claim)]
     missing = [v for v in involved if v not in set(runs["variant"])]
     if missing:

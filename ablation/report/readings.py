@@ -1,13 +1,6 @@
-"""Which reading of an ambiguous variant did the report run? Loss patterns against ``original``, compared.
-
-"Tanh with the final layer" can be read several ways (tanh at relu5_1, with average pooling left on, at the last
-ReLU, after every conv; the same for VGG16), and each reading is a variant file. A variant's *pattern* is its four
-final losses divided by ``original``'s (means over seeds, each by the variant's own network, as the report
-measured). The distance between two patterns is the root mean square of the differences of their log-ratios:
-0 is the same pattern, 0.1 about 10% apart per loss. For each variant of the report, the measured variant whose
-pattern lies closest to the reported one is named: with real weights that is the likeliest reading; with random
-weights the section only shows the machinery.
-"""
+"""Which reading of an ambiguous variant did the report run? Loss patterns against ``original``, compared
+(see :data:`WHY`): a readings sweep (``experiment=readings``) runs ``original`` and each reading as a variant file,
+and this section needs nothing else, so any variant a sweep holds takes part."""
 
 from __future__ import annotations
 
@@ -17,6 +10,15 @@ import pandas as pd
 from ablation.report.formats import markdown_table
 from ablation.report.variants import label, named, reported_table, reported_variants, variant_order
 
+WHY = (
+    '"Tanh with the final layer" can be read several ways (tanh at relu5_1, with average pooling left on, at the last '
+    "ReLU, after every conv; the same for VGG16), and each reading is a variant file. A variant's pattern is its four "
+    "final losses divided by `original`'s (means over seeds, each by the variant's own network, as the report "
+    "measured). The distance between two patterns is the root mean square of the differences of their log-ratios: "
+    "0 is the same pattern, 0.1 about 10% apart per loss. For each variant of the report, the measured variant whose "
+    "pattern lies closest to the reported one is named: with real weights that is the likeliest reading; with random "
+    "weights the section only shows the machinery."
+)
 #: (loss, measured column, reported column)
 LOSSES = [
     ("content", "final_content", "content_loss"),

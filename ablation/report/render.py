@@ -145,9 +145,12 @@ def optional_sections(client: MlflowClient, result: Sweep, runs: pd.DataFrame, o
         tuned = tables.tuned_table(trials, runs)
         parts += section("Each variant at its best loss weights", TUNED_WHY, *tuned, out_dir, "tuned.csv")
     if readings.has_readings(runs):
-        why = readings.__doc__.split("\n\n")[1].replace("\n", " ")
         parts += section(
-            "Readings of the ambiguous variants", why, *readings.readings_section(runs), out_dir, "readings.csv"
+            "Readings of the ambiguous variants",
+            readings.WHY,
+            *readings.readings_section(runs),
+            out_dir,
+            "readings.csv",
         )
     return parts
 

@@ -77,7 +77,7 @@ def log_run(client, experiment_id: str, parent_id: str, job: int, fake: FakeRun,
         metrics=[Metric(k, v, START_MS, 3) for k, v in (metrics | fake.metrics).items()] + history,
         params=[Param(k, v) for k, v in params.items()],
     )
-    Image.fromarray(np.full((20, 16, 3), 40 * job, dtype=np.uint8)).save(image / "final.png")
+    Image.fromarray(np.full((20, 16, 3), 40 * job % 256, dtype=np.uint8)).save(image / "final.png")
     client.log_artifact(run_id, str(image / "final.png"))
     client.log_artifact(run_id, str(image / "content.png"), "inputs")
     client.log_artifact(run_id, str(image / "style_0.png"), "inputs")
