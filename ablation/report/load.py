@@ -15,6 +15,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from ablation import sweep, tracking
+from ablation.engine.errors import UserError
 from ablation.report.variants import variant_order
 
 OWN_LOSSES = ["final_content", "final_style", "final_tv", "final_total"]
@@ -46,7 +47,7 @@ HARDWARE_TAG = "hardware_class"
 UNKNOWN_HARDWARE = "unknown"
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """No sweep to report on, or a sweep without usable runs."""
 
 
