@@ -13,10 +13,10 @@ HTML and CSV, published to the sweep's parent run.
 from __future__ import annotations
 
 from ablation.report.load import ReportError, load_sweep
-from ablation.report.publish import publish
+from ablation.report.publish import publish, report_sweep
 from ablation.report.render import write_report
 
-__all__ = ["ReportError", "load_sweep", "main", "publish", "write_report"]
+__all__ = ["ReportError", "load_sweep", "main", "publish", "report_sweep", "write_report"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from ablation import tracking
 from ablation.paths import REPORTS_DIR
-from ablation.report.load import ReportError, find_parent, load_sweep
-from ablation.report.publish import ARTIFACT_FOLDER, publish
-from ablation.report.render import write_report
+from ablation.report.load import ReportError, find_parent
+from ablation.report.publish import ARTIFACT_FOLDER, report_sweep
 
 DESCRIPTION = """\
 Write the report of one sweep: Tables 1 and 2 of the report measured beside its own figures, the common judge,
@@ -59,10 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ReportError(
                 f"--experiment {args.experiment!r} is not in {tracking.tracking_uri()}: run make sweep first"
             )
-        result = load_sweep(client, find_parent(client, found.experiment_id, args.sweep))
-        path = write_report(client, result, args.out / result.sweep_id)
-        if not args.no_publish:
-            publish(client, result.parent.info.run_id, path.parent)
+        path = report_sweep(client, find_parent(client, found.experiment_id, args.sweep), args.out, not args.no_publish)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
