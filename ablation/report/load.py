@@ -33,6 +33,7 @@ PARAMS = {
     "run.iterations": "iterations",
     "run.precision": "precision",
     "optim.name": "optim",
+    "variant.arch": "arch",
 }
 #: Loss weights a tuned run is described by (param -> column).
 TUNED_PARAMS = {

@@ -59,9 +59,20 @@ def distances(measured: pd.DataFrame, reported: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rms, index=measured.index, columns=reported.index)
 
 
-def closest(table: pd.DataFrame) -> dict[str, str]:
-    """Report's variant -> the measured variant nearest its pattern (ties: the report's order, then alphabetical)."""
-    return {reported: table[reported].idxmin() for reported in table.columns}
+def architectures(runs: pd.DataFrame) -> dict[str, str]:
+    """Variant -> its network (param ``variant.arch``), for the variants whose runs say it."""
+    known = runs[runs["arch"].astype(str) != ""] if "arch" in runs else runs.iloc[:0]
+    return dict(zip(known["variant"], known["arch"], strict=True))
+
+
+def closest(table: pd.DataFrame, arch: dict[str, str]) -> dict[str, str]:
+    """Report's variant -> the measured variant nearest its pattern among those of its architecture (a reading of
+    a VGG19 variant is a VGG19 network) when the sweep ran it and says so, else among all; ties: the table's order."""
+    found = {}
+    for reported in table.columns:
+        same = [v for v in table.index if reported not in arch or arch.get(v) == arch[reported]]
+        found[reported] = table.loc[same or list(table.index), reported].idxmin()
+    return found
 
 
 def readings_section(runs: pd.DataFrame) -> tuple[str, pd.DataFrame]:
@@ -72,7 +83,7 @@ def readings_section(runs: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     ratio_rows += [
         [f"{label(v)} (reported)", *(f"{reported.loc[v, loss]:.3g}" for loss, _, _ in LOSSES)] for v in reported.index
     ]
-    nearest = closest(table)
+    nearest = closest(table, architectures(runs))
     distance_rows = [
         [named(v), *(f"**{table.loc[v, r]:.3f}**" if nearest[r] == v else f"{table.loc[v, r]:.3f}" for r in table)]
         for v in table.index
@@ -83,7 +94,8 @@ def readings_section(runs: pd.DataFrame) -> tuple[str, pd.DataFrame]:
         "",
         markdown_table(["Variant", *(loss for loss, _, _ in LOSSES)], ratio_rows),
         "",
-        "Distance to each of the report's patterns (RMS of log-ratio differences; bold: the closest):",
+        "Distance to each of the report's patterns (RMS of log-ratio differences; bold: the closest of the same "
+        "network, VGG19 or VGG16, when the sweep ran the report's variant):",
         "",
         markdown_table(["Measured", *(label(r) for r in table.columns)], distance_rows),
         "",
