@@ -159,6 +159,9 @@ def on_runs(claim: pd.Series, runs: pd.DataFrame, column: str | None) -> tuple[s
             return f"{INCONCLUSIVE} (no one hardware class ran all of {', '.join(involved)})", None, ""
         runs = runs[runs[HARDWARE_TAG] == hardware]
     values = {v: runs.loc[runs["variant"] == v, column].dropna().to_numpy(float) for v in involved}
+    unmeasured = [v for v in involved if not len(values[v])]
+    if unmeasured:  # runs older than the metric (the judge's, as a rule)
+        return f"not measured (no {column} in runs of {', '.join(unmeasured)})", None, hardware
     comparisons = [compare(values[claim["variant"]], values[v], v, claim["relation"]) for v in involved[1:]]
     return (*combine(comparisons, claim["relation"]), hardware)
 

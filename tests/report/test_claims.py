@@ -96,6 +96,9 @@ def test_one_seed_is_inconclusive_and_a_missing_variant_is_not_measured():
     assert content.ratio == pytest.approx(99 / 1000) and math.isnan(content.ci_low)
     assert claims.on_runs(claim("vgg16_content"), runs, "final_content")[0] == "not measured (no runs of vgg16)"
     assert claims.on_runs(claim("vgg16_runtime"), runs, None)[0] == "no judge (runtime)"
+    without_judge = runs.assign(judge_content=float("nan"))  # runs older than the judge
+    verdict = claims.on_runs(claim("avg_pool_content"), without_judge, "judge_content")[0]
+    assert verdict == "not measured (no judge_content in runs of avg_pool, original)"
 
 
 def test_runtime_claims_use_one_hardware_class():
