@@ -9,6 +9,6 @@ REPORTS_DIR = PROJECT_ROOT / "reports"
 REPORTED_DIR = Path(__file__).resolve().parent / "reported"
 
 
-def variant_names() -> tuple[str, ...]:
-    """The variants: one file each in conf/variant (the only list; a new file is a new variant)."""
-    return tuple(sorted(p.stem for p in (CONF_DIR / "variant").glob("*.yaml")))
+def variant_names() -> list[str]:
+    """Every variant: the files of ``conf/variant/`` (a new variant is a new file, never new code)."""
+    return sorted(path.stem for path in (CONF_DIR / "variant").glob("*.yaml"))

@@ -24,13 +24,14 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ablation.engine.errors import UserError
 from ablation.paths import RUNS_DIR
 
 MAX_PARAM_CHARS = 6000
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError):
     """The tracking store cannot be reached or written."""
 
 

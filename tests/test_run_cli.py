@@ -6,9 +6,10 @@ import subprocess
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ablation.paths import variant_names
 from tests.support import PROJECT, PYTHON, store_env
 
-VARIANTS = ["original", "avg_pool", "leaky_relu", "tanh_final", "vgg16", "vgg16_tanh"]
+VARIANTS = variant_names()  # every file of conf/variant, end to end
 ITERATIONS = 20
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ablation import report, sweep
+from ablation import fingerprint, report, sweep
 from tests.support import run_sweep, store_env, sweep_command
 
 CONFIG = {
@@ -29,7 +29,7 @@ CONFIG = {
 
 
 def fp(config: dict = CONFIG, weights: str = "w", images: tuple = ("c", "s"), device: str = "cpu") -> str:
-    return sweep.fingerprint(config, weights, list(images), device)
+    return fingerprint.fingerprint(config, weights, list(images), device)
 
 
 def with_value(section: str, key: str, value: object) -> dict:

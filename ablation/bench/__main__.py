@@ -29,12 +29,9 @@ from ablation.bench.render import write
 from ablation.bench.settings import LAYOUTS, BenchError, Settings
 from ablation.bench.suite import run_bench
 from ablation.engine.backends import PRECISIONS, native_bf16
-from ablation.engine.images import ImageError
-from ablation.engine.inputs import DataError
+from ablation.engine.errors import UserError
 from ablation.engine.prepare import pick_device
-from ablation.engine.weights import WeightsError
 from ablation.paths import REPORTS_DIR, variant_names
-from ablation.spec import SpecError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -93,14 +90,11 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         if args.threads < 1:
             raise BenchError(f"--threads={args.threads} must be >= 1")
         torch.set_num_threads(args.threads)
-    try:
-        device = pick_device(args.device)
-    except ValueError as err:
-        raise BenchError(str(err).replace("run.device", "--device")) from None
+    device = pick_device(args.device)
     cuda = device.type == "cuda"
     quick = args.quick
     sizes = _ints(args.sizes, "--sizes") if args.sizes else (64,) if quick else (256, 512, 1024) if cuda else (128, 256)
-    variants = variant_names() if args.variants == "all" and not quick else ("original",) if quick else None
+    variants = tuple(variant_names()) if args.variants == "all" and not quick else ("original",) if quick else None
     variants = variants or _choices(args.variants, "--variants", variant_names(), " is not a variant")
     precisions = _choices(
         args.precision or ("fp32,tf32,bf16" if cuda else "fp32,bf16" if native_bf16(device) else "fp32"),
@@ -149,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = parse_args(argv)
         results = run_bench(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
-    except (BenchError, SpecError, DataError, ImageError, WeightsError) as err:
+    except UserError as err:  # a bad option, value, file or device; anything else is a bug: its traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     paths = write(results, command, Path(settings.out))

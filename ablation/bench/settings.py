@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ablation.engine.errors import UserError
+
 LAYOUTS = {"nchw": False, "nhwc": True}  # name -> EngineOptions.channels_last
 
 
-class BenchError(ValueError):
+class BenchError(UserError):
     """A benchmark option that cannot be used."""
 
 

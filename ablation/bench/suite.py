@@ -52,13 +52,13 @@ class Problems:
 
     def __call__(self, variant: str, width: int) -> Problem:
         from hydra import compose, initialize_config_dir
-        from omegaconf import OmegaConf
 
+        from ablation import schema
         from ablation.spec import from_config
 
         overrides = [f"variant={variant}", f"images.width={width}", "weights=random", f"run.device={self.device}"]
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            spec = from_config(OmegaConf.to_container(compose("config", overrides=overrides), resolve=True))
+            spec = from_config(schema.plain(compose("config", overrides=overrides)))
         arch = spec.network.arch
         if arch not in self.weights:
             self.weights[arch] = load_bench_weights(self.choice, arch)

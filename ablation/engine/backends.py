@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import torch
 
+from ablation.engine.errors import UserError
 from ablation.engine.network import VGGFeatures
 from ablation.engine.transfer import EngineOptions
 
@@ -53,6 +54,8 @@ def prefers_channels_last(device: torch.device) -> bool:
 
 def resolve_options(options: EngineOptions, device: torch.device) -> EngineOptions:
     """``options`` with ``channels_last="auto"`` decided for ``device``: a bool, what the run used (and records)."""
+    if not isinstance(options.channels_last, bool) and options.channels_last != "auto":
+        raise UserError(f"run.channels_last={options.channels_last!r}: give true, false or auto")
     if options.channels_last == "auto":
         return replace(options, channels_last=prefers_channels_last(device))
     return options
