@@ -20,8 +20,11 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from argparse import RawDescriptionHelpFormatter as RawDescription
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,35 +36,42 @@ from ablation.engine.errors import UserError
 from ablation.engine.prepare import pick_device
 from ablation.paths import REPORTS_DIR, variant_names
 
+CPU_DEFAULTS: dict[str, Any] = {
+    "sizes": "128,256", "variants": "all", "iters": 8, "chunk": 1, "warmup": 2, "check_iters": 300,
+    "check_size": 128, "batch_size_px": 256, "matmul_n": 2048, "conv_side": 64,
+}  # fmt: skip
+#: What an option left out means: on a CPU, on a CUDA device, or with --quick (a smoke run on either).
+DEFAULTS = {
+    "cpu": CPU_DEFAULTS,
+    "cuda": {**CPU_DEFAULTS, "sizes": "256,512,1024", "iters": 100, "chunk": 10, "matmul_n": 8192, "conv_side": 128},
+    "quick": {**CPU_DEFAULTS, "sizes": "64", "variants": "original", "iters": 3, "warmup": 1, "check_iters": 20,
+              "check_size": 64, "batch_size_px": 64, "matmul_n": 512, "conv_side": 32},
+}  # fmt: skip
+
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m ablation.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--sizes", help="content widths in px, comma-separated (CPU: 128,256; CUDA: 256,512,1024)")
-    p.add_argument("--variants", default="all", help=f"comma-separated, or all: {', '.join(variant_names())}")
-    p.add_argument(
-        "--precision", help="engine precisions: CUDA fp32,tf32,bf16; CPU fp32,bf16 (fp32 without native bf16)"
-    )
-    p.add_argument("--layouts", default="nchw,nhwc", help="engine layouts: nchw, nhwc (channels_last)")
-    p.add_argument("--compile", action="store_true", help="also time each engine setting with torch.compile")
-    p.add_argument("--iters", type=int, help="timed iterations per contender (CPU 8, CUDA 100)")
-    p.add_argument("--chunk", type=int, help="iterations per timing sample (CPU 1, CUDA 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed samples per contender")
-    p.add_argument("--no-baseline", action="store_true", help="time only the engine")
-    p.add_argument(
-        "--weights", default="auto", help="auto (torchvision if cached, else random) | torchvision | random | PATH"
-    )
-    p.add_argument("--check-iters", type=int, default=300, help="tf32/bf16 deviation: iterations of one whole run")
-    p.add_argument("--check-size", type=int, default=128, help="tf32/bf16 deviation: content width in px")
-    p.add_argument("--batch-seeds", type=int, default=4, help="seeds in the batched-seeds timing (0: skip)")
-    p.add_argument("--batch-size-px", type=int, default=256, help="content width of the batched-seeds timing")
-    p.add_argument("--full-run-iters", type=int, default=1000, help="CUDA: a whole run of original at 512 px")
-    p.add_argument("--profile", action="store_true", help="torch.profiler breakdown of the default engine setting")
-    p.add_argument("--out", default=str(REPORTS_DIR / "bench"), help="folder for bench.md and bench.json")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--quick", action="store_true", help="a smoke run: 64 px, original, 3 iterations, small peaks")
+    p = argparse.ArgumentParser("python -m ablation.bench", description=__doc__, formatter_class=RawDescription)
+    add = p.add_argument
+    add("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add("--sizes", help="content widths in px, comma-separated (CPU: 128,256; CUDA: 256,512,1024)")
+    add("--variants", help=f"comma-separated, or all (the default): {', '.join(variant_names())}")
+    add("--precision", dest="precisions", help="CUDA: fp32,tf32,bf16; CPU: fp32,bf16 (fp32 without native bf16)")
+    add("--layouts", default="nchw,nhwc", help="engine layouts: nchw, nhwc (channels_last)")
+    add("--compile", action="store_true", help="also time each engine setting with torch.compile")
+    add("--iters", type=int, help="timed iterations per contender (CPU 8, CUDA 100)")
+    add("--chunk", type=int, help="iterations per timing sample (CPU 1, CUDA 10)")
+    add("--warmup", type=int, help="untimed samples per contender (2)")
+    add("--no-baseline", dest="baseline", action="store_false", help="time only the engine")
+    add("--weights", default="auto", help="auto (torchvision if cached, else random) | torchvision | random | PATH")
+    add("--check-iters", type=int, help="tf32/bf16 loss deviation: iterations of one whole run (300)")
+    add("--check-size", type=int, help="tf32/bf16 loss deviation: content width in px (128)")
+    add("--batch-seeds", type=int, default=4, help="seeds in the batched-seeds timing (0: skip)")
+    add("--batch-size-px", type=int, help="content width of the batched-seeds timing (256)")
+    add("--full-run-iters", type=int, default=1000, help="CUDA: one whole run of original at 512 px")
+    add("--profile", action="store_true", help="torch.profiler: where the default engine setting's time goes")
+    add("--out", default=str(REPORTS_DIR / "bench"), help="folder for bench.md and bench.json")
+    add("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add("--quick", action="store_true", help="a smoke run: 64 px, original, 3 iterations, small peaks")
     return p
 
 
@@ -85,6 +95,7 @@ def _choices(text: str, option: str, allowed: Sequence[str], what: str = "") -> 
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
+    """Settings from the command line, defaults filled in for the device (or --quick), or a one-line refusal."""
     args = parser().parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
@@ -92,49 +103,27 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     cuda = device.type == "cuda"
-    quick = args.quick
-    sizes = _ints(args.sizes, "--sizes") if args.sizes else (64,) if quick else (256, 512, 1024) if cuda else (128, 256)
-    variants = tuple(variant_names()) if args.variants == "all" and not quick else ("original",) if quick else None
-    variants = variants or _choices(args.variants, "--variants", variant_names(), " is not a variant")
-    precisions = _choices(
-        args.precision or ("fp32,tf32,bf16" if cuda else "fp32,bf16" if native_bf16(device) else "fp32"),
-        "--precision",
-        PRECISIONS,
-    )
-    if "tf32" in precisions and not cuda:
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    opts = {**DEFAULTS["quick" if args.quick else "cuda" if cuda else "cpu"], **given, "device": str(device)}
+    opts["sizes"] = _ints(opts["sizes"], "--sizes")
+    variants = opts["variants"]
+    opts["variants"] = variant_names() if variants == "all" else _choices(variants, "--variants", variant_names(),
+                                                                          " is not a variant")  # fmt: skip
+    default_precisions = "fp32,tf32,bf16" if cuda else "fp32,bf16" if native_bf16(device) else "fp32"
+    opts["precisions"] = _choices(opts.get("precisions", default_precisions), "--precision", PRECISIONS)
+    opts["layouts"] = _choices(opts["layouts"], "--layouts", tuple(LAYOUTS))
+    if "tf32" in opts["precisions"] and not cuda:
         raise BenchError("--precision tf32 only changes CUDA convolutions: on a CPU use fp32,bf16")
-    iters = args.iters or (3 if quick else 100 if cuda else 8)
-    chunk = args.chunk or (10 if cuda and not quick else 1)
+    iters, chunk = opts["iters"], opts["chunk"]
     if iters < 1 or chunk < 1:
         raise BenchError(f"--iters={iters} and --chunk={chunk} must be >= 1")
     if iters < chunk:
         raise BenchError(f"--iters={iters} is below --chunk={chunk}: give at least one chunk of iterations")
-    if args.warmup < 0 or args.check_iters < 0 or args.batch_seeds < 0:
+    if min(opts["warmup"], opts["check_iters"], opts["batch_seeds"]) < 0:
         raise BenchError("--warmup, --check-iters and --batch-seeds must be >= 0")
-    if min(sizes) < 16:
-        raise BenchError(f"--sizes {min(sizes)} px is too small: the network needs at least 16 px")
-    return Settings(
-        device=str(device),
-        sizes=sizes,
-        variants=variants,
-        precisions=precisions,
-        layouts=_choices(args.layouts, "--layouts", tuple(LAYOUTS)),
-        compile=args.compile,
-        iters=iters,
-        chunk=chunk,
-        warmup=min(args.warmup, 1) if quick else args.warmup,
-        baseline=not args.no_baseline,
-        weights=args.weights,
-        check_iters=min(args.check_iters, 20) if quick else args.check_iters,
-        check_size=min(args.check_size, 64) if quick else args.check_size,
-        batch_seeds=args.batch_seeds,
-        batch_size_px=64 if quick else args.batch_size_px,
-        full_run_iters=args.full_run_iters,
-        matmul_n=512 if quick else 8192 if cuda else 2048,
-        conv_side=32 if quick else 128 if cuda else 64,
-        profile=args.profile,
-        out=args.out,
-    )
+    if min(opts["sizes"]) < 16:
+        raise BenchError(f"--sizes {min(opts['sizes'])} px is too small: the network needs at least 16 px")
+    return Settings(**{f.name: opts[f.name] for f in fields(Settings)})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -76,15 +76,18 @@ def conv_peak_gflops(device: torch.device, precision: str, channels: int, side: 
     return best
 
 
-def _conv_step(conv: nn.Conv2d, shape: LayerShape, batch: int, options: EngineOptions) -> Callable[[], Any]:
+def _random(options: EngineOptions, device: torch.device, *shape: int, half: bool = False) -> torch.Tensor:
+    """N(0, 1) in the options' layout (4-d), in bf16 where the network runs in it and ``half`` asks for it."""
+    dtype = torch.bfloat16 if half and options.precision == "bf16" else torch.float32
+    layout = torch.channels_last if options.channels_last and len(shape) == 4 else torch.contiguous_format
+    return torch.randn(*shape, device=device, dtype=dtype).contiguous(memory_format=layout)
+
+
+def _conv_step(conv: nn.Conv2d, shape: LayerShape, options: EngineOptions) -> Callable[[], Any]:
     """One conv at its own shape: forward and the input gradient (the weights are frozen, as in the engine)."""
-    device = conv.weight.device
-    layout = torch.channels_last if options.channels_last else torch.contiguous_format
-    dtype = torch.bfloat16 if options.precision == "bf16" else torch.float32
-    x = torch.randn(batch, shape.in_channels, shape.height, shape.width, device=device)
-    x = x.contiguous(memory_format=layout).requires_grad_(True)
-    grad = torch.randn(batch, shape.channels, shape.height, shape.width, device=device, dtype=dtype)
-    grad = grad.contiguous(memory_format=layout)
+    device, h, w = conv.weight.device, shape.height, shape.width
+    x = _random(options, device, 1, shape.in_channels, h, w).requires_grad_(True)
+    grad = _random(options, device, 1, shape.channels, h, w, half=True)
 
     def step() -> Any:
         with _autocast(options, device):
@@ -94,13 +97,10 @@ def _conv_step(conv: nn.Conv2d, shape: LayerShape, batch: int, options: EngineOp
     return step
 
 
-def _gram_step(shape: LayerShape, batch: int, options: EngineOptions, device: torch.device) -> Callable[[], Any]:
+def _gram_step(shape: LayerShape, options: EngineOptions, device: torch.device) -> Callable[[], Any]:
     """The engine's Gram of one style layer's features (in the network's dtype and layout), forward and backward."""
-    layout = torch.channels_last if options.channels_last else torch.contiguous_format
-    dtype = torch.bfloat16 if options.precision == "bf16" else torch.float32
-    features = torch.randn(batch, shape.channels, shape.height, shape.width, device=device, dtype=dtype)
-    features = features.contiguous(memory_format=layout).requires_grad_(True)
-    grad = torch.randn(batch, shape.channels, shape.channels, device=device)
+    features = _random(options, device, 1, shape.channels, shape.height, shape.width, half=True).requires_grad_(True)
+    grad = _random(options, device, 1, shape.channels, shape.channels)
     return lambda: torch.autograd.grad(gram(features), features, grad)
 
 
@@ -117,9 +117,9 @@ def layer_limit_ms(
     limit: dict[str, float] = {}
     for shape in layer_shapes(net.spec.arch, net.last_layer, height, width):
         if shape.name in convs:
-            limit[shape.name] = 1000 * timer(_conv_step(convs[shape.name], shape, 1, options))
+            limit[shape.name] = 1000 * timer(_conv_step(convs[shape.name], shape, options))
         if shape.name in style_layers:
-            limit[f"gram {shape.name}"] = 1000 * timer(_gram_step(shape, 1, options, device))
+            limit[f"gram {shape.name}"] = 1000 * timer(_gram_step(shape, options, device))
     return limit
 
 

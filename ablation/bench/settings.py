@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ablation.engine.errors import UserError
@@ -17,7 +18,7 @@ class BenchError(UserError):
 class Settings:
     device: str
     sizes: tuple[int, ...]  # content widths, px
-    variants: tuple[str, ...]
+    variants: Sequence[str]
     precisions: tuple[str, ...]
     layouts: tuple[str, ...]
     compile: bool

@@ -19,10 +19,6 @@ def engine_row(rows: list[dict[str, Any]], width: int, contender: str) -> dict[s
     return next((r for r in found if r["contender"] == contender), None)
 
 
-def _field(row: dict[str, Any] | None, key: str) -> float | None:
-    return None if row is None else row[key]
-
-
 def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The CPU targets read the engine's default layout on this device (``default_layout``); bf16 only
     where the CPU has native bf16; the GPU targets only from a CUDA run."""
@@ -37,38 +33,17 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     full, batched = results.get("full_run") or {}, results.get("batched") or {}
     batch_ok = not cpu and batched.get("seeds") == 4 and batched.get("size_px") == 256
     return [
-        target(
-            "CPU fp32 speed-up over the strong baseline, VGG19 256 px",
-            _field(fp32, "speedup_strong"),
-            ">=",
-            1.10,
-            needs,
-        ),
-        target(
-            "CPU fp32 share of the per-layer kernel limit, VGG19 256 px", _field(fp32, "limit_share"), ">=", 0.90, needs
-        ),
-        target(
-            "CPU bf16 speed-up over our fp32, VGG19 256 px",
-            bf16 and fp32 and fp32["median_ms"] / bf16["median_ms"],
-            ">=",
-            1.7,
-            f"fp32 and bf16 at 256 px{no_bf16}",
-        ),
-        target(
-            "bf16 final total within 2% of fp32 (300 it, 128 px)",
-            deviation.get("rel_deviation", {}).get("bf16") if at_target else None,
-            "<=",
-            0.02,
-            f"--precision fp32,bf16 --check-iters 300 --check-size 128{no_bf16}",
-        ),
-        target(
-            "GPU: 1000 iterations of original at 512 px, s", full.get("best_s"), "<=", 10.0, "a CUDA run with 512 px"
-        ),
-        target(
-            "GPU: 4 batched seeds at 256 px vs one, time ratio",
-            batched.get("time_ratio") if batch_ok else None,
-            "<=",
-            1.5,
-            "a CUDA run with 4 seeds at 256 px",
-        ),
-    ]
+        target("CPU fp32 speed-up over the strong baseline, VGG19 256 px", fp32 and fp32["speedup_strong"], ">=",
+               1.10, needs),
+        target("CPU fp32 share of the per-layer kernel limit, VGG19 256 px", fp32 and fp32["limit_share"], ">=",
+               0.90, needs),
+        target("CPU bf16 speed-up over our fp32, VGG19 256 px", bf16 and fp32 and fp32["median_ms"] / bf16["median_ms"],
+               ">=", 1.7, f"fp32 and bf16 at 256 px{no_bf16}"),
+        target("bf16 final total within 2% of fp32 (300 it, 128 px)",
+               deviation.get("rel_deviation", {}).get("bf16") if at_target else None, "<=", 0.02,
+               f"--precision fp32,bf16 --check-iters 300 --check-size 128{no_bf16}"),
+        target("GPU: 1000 iterations of original at 512 px, s", full.get("best_s"), "<=", 10.0,
+               "a CUDA run with 512 px"),
+        target("GPU: 4 batched seeds at 256 px vs one, time ratio", batched.get("time_ratio") if batch_ok else None,
+               "<=", 1.5, "a CUDA run with 4 seeds at 256 px"),
+    ]  # fmt: skip
