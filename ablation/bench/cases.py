@@ -105,10 +105,9 @@ def baseline_contenders(problem: Problem, settings: Settings) -> list[Contender]
     }
     contenders = []
     for name in gflop:
-        loop = BaselineLoop(problem, problem.weights, strong=name == "strong")
-        run = loop.runner(settings.chunk)
-        peak = _warm_up(run, settings, problem, loop.features)
-        contenders.append(Contender(name, run, "fp32", gflop[name], peak, loop.step0_total))
+        loop = BaselineLoop(problem, problem.weights, name == "strong", settings.chunk)
+        peak = _warm_up(loop, settings, problem, loop.features)
+        contenders.append(Contender(name, loop, "fp32", gflop[name], peak, loop.step0_total))
     return contenders
 
 

@@ -87,8 +87,9 @@ class BaselineLoop:
     """A plain loop (tutorial or ``strong``, see the module docstring) on the problem's weights, images, start
     image and loss weights. ``step0_total`` is the start image's total loss."""
 
-    def __init__(self, problem: Problem, weights: VGGWeights, strong: bool) -> None:
-        spec, self.device, self.strong = problem.spec, problem.device, strong
+    def __init__(self, problem: Problem, weights: VGGWeights, strong: bool, chunk: int) -> None:
+        spec, self.device, self.strong, self.chunk = problem.spec, problem.device, strong, chunk
+        configure_backends(EngineOptions(), self.device)  # IEEE fp32: no TF32 left over from an engine setting
         self.features = baseline_features(spec.network, spec.last_layer, weights, strong).to(self.device)
         self.loss = spec.loss
         self.content_layers = {n: w for n, w in self.loss.content_layer_weights().items() if w}
@@ -132,17 +133,16 @@ class BaselineLoop:
         tv = F.mse_loss(x[:, :, 1:], x[:, :, :-1]) + F.mse_loss(x[..., 1:], x[..., :-1])
         return self.loss.content_weight * content + self.loss.style_weight * style + self.loss.tv_weight * tv
 
-    def runner(self, chunk: int) -> Callable[[], float]:
-        def run() -> float:
-            for _ in range(chunk):
-                self.optimizer.zero_grad(set_to_none=True)
-                loss = self.total_loss()
-                loss.backward()
-                self.optimizer.step()
-                total = loss.detach() if self.strong else loss.item()
-            return float(total)
-
-        return run
+    def __call__(self) -> float:
+        """``chunk`` iterations; the tutorial fetches the loss every step, the strong baseline once."""
+        configure_backends(EngineOptions(), self.device)
+        for _ in range(self.chunk):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.total_loss()
+            loss.backward()
+            self.optimizer.step()
+            total = loss.detach() if self.strong else loss.item()
+        return float(total)
 
 
 def time_interleaved(
