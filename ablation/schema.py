@@ -116,7 +116,8 @@ class RandomWeights:
 class RunConfig:
     iterations: int = 1000  # optimiser steps (upstream and the report: 1000)
     seed: int = 0  # seeds the initial noise
-    seeds: list[int] | None = None  # e.g. [0,1,2,3]: these seeds as one batch, one MLflow run each
+    seeds: list[int] | None = None  # e.g. [0,1,2,3]: several seeds in one process, one MLflow run each
+    batch_seeds: bool | None = None  # run.seeds as one batch; None: on a GPU yes, on a CPU one after another
     device: str = neutral("auto")  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     init: str = "noise"  # noise (upstream) | content | path to an image
     init_noise_blend: float | None = None  # None: 1 for noise, 0 otherwise; else image*(1-b) + noise*b
