@@ -195,13 +195,13 @@ GROUP_OPTIONS: dict[str, dict[str, type]] = {
 
 def register() -> None:
     """Put the schema into Hydra's ConfigStore: ``conf/config.yaml`` starts from ``schema``, and each option
-    file of ``optim/`` and ``weights/`` from ``/schema/<group>/<option>`` (a group of its own, so the schemas
-    are not offered as choices)."""
+    file of ``optim/`` and ``weights/`` from ``schema_<group>_<option>`` (top-level names, not a group, so
+    ``--help`` does not offer the schemas as choices)."""
     store = ConfigStore.instance()
     store.store(name="schema", node=Config)
     for group, options in GROUP_OPTIONS.items():
         for option, node in options.items():
-            store.store(group=f"schema/{group}", name=option, node=node)
+            store.store(name=f"schema_{group}_{option}", node=node)
 
 
 def _section(hint: Any) -> type | None:
