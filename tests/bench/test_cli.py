@@ -37,7 +37,23 @@ def test_help_names_every_variant_file(capsys):
 def test_tiny_run_writes_rows_limit_profile_and_targets(tmp_path, monkeypatch):
     monkeypatch.setenv("ABLATION_DATA_DIR", str(DATA_DIR))  # the report's pair, no download
     argv = ["--quick", "--device", "cpu", "--sizes", "32", "--iters", "1", "--warmup", "0", "--batch-seeds", "2"]
-    assert main([*argv, "--weights", "random", "--layouts", "nchw", "--profile", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                *argv,
+                "--weights",
+                "random",
+                "--precision",
+                "fp32",
+                "--layouts",
+                "nchw",
+                "--profile",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "bench.json").read_text())
     # fp32/nchw, then the two baselines; the strong baseline solved the engine's problem (checked in the run)
     assert [r["contender"] for r in results["rows"]] == ["fp32/nchw", "tutorial", "strong"]
