@@ -125,7 +125,7 @@ class RunConfig:
     sync_every: int = neutral(10)  # steps between host syncs: progress, metric batches, stop requests
     checkpoint_every: int = neutral(100)  # steps between checkpoints and intermediate images (0: none)
     precision: Precision = Precision.fp32  # type: ignore[valid-type,attr-defined]  # fp32 | tf32 | bf16
-    channels_last: bool = False  # NHWC activations and conv weights
+    channels_last: bool | str = "auto"  # NHWC activations and conv weights: true | false | auto (per device)
     compile: bool = False  # torch.compile the loss function
     quiet: bool = neutral(False)  # no progress bar
     scales: list[int] | None = None  # coarse-to-fine content widths, e.g. [256,512]

@@ -54,6 +54,43 @@ def conv_shapes(arch: str) -> list[tuple[str, int, int]]:
 
 
 @dataclass(frozen=True)
+class LayerShape:
+    """One layer's output for one image: channels x height x width (and, for a conv, its input channels)."""
+
+    name: str
+    in_channels: int
+    channels: int
+    height: int
+    width: int
+
+    @property
+    def elements(self) -> int:
+        return self.channels * self.height * self.width
+
+
+def layer_shapes(arch: str, last_layer: str, height: int, width: int, ceil_pool: bool = True) -> list[LayerShape]:
+    """Every layer up to ``last_layer`` for a ``height`` x ``width`` input, with its output shape.
+
+    The one shape walk: the memory estimate and the benchmark's FLOP count both read it. 3x3 convs with
+    padding 1 keep the size; pools halve it, rounding up (TensorFlow 'SAME', this network) or down
+    (``ceil_pool=False``: torchvision's default, which tutorials run).
+    """
+    names = layer_names(arch)
+    if last_layer not in names:
+        raise ValueError(f"{arch} has no layer {last_layer!r}")
+    out_channels = {name: out for name, _, out in conv_shapes(arch)}
+    shapes, channels, h, w = [], 3, height, width
+    for name in names[: names.index(last_layer) + 1]:
+        in_channels = channels
+        if name.startswith("pool"):
+            h, w = ((h + 1) // 2, (w + 1) // 2) if ceil_pool else (h // 2, w // 2)
+        elif name.startswith("conv"):
+            channels = out_channels[name]
+        shapes.append(LayerShape(name, in_channels, channels, h, w))
+    return shapes
+
+
+@dataclass(frozen=True)
 class NetworkSpec:
     """The knobs a variant turns: architecture, pooling, activation, and an optional final activation."""
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ablation.engine.losses import LossWeights
-from ablation.engine.network import NetworkSpec, VGGFeatures, deepest, layer_names
+from ablation.engine.network import NetworkSpec, VGGFeatures, deepest, layer_names, layer_shapes
 from ablation.spec import from_config
 from tests.test_spec import config_for
 
@@ -76,3 +76,12 @@ def test_deepest_and_errors():
     assert deepest("vgg19", LossWeights().read_layers()) == "relu5_1"
     with pytest.raises(ValueError, match="relu5_4"):
         deepest("vgg16", ["relu5_4"])
+
+
+def test_layer_shapes_walk_by_hand():
+    # 33x17 through relu2_1: conv1_x keep 33x17 at 64 ch, pool1 rounds up to 17x9, conv2_1 makes 128 ch
+    shapes = layer_shapes("vgg19", "relu2_1", 33, 17)
+    assert [s.name for s in shapes] == ["conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1", "conv2_1", "relu2_1"]
+    assert (shapes[0].in_channels, shapes[0].channels, shapes[0].height, shapes[0].width) == (3, 64, 33, 17)
+    assert (shapes[4].height, shapes[4].width, shapes[5].in_channels, shapes[5].elements) == (17, 9, 64, 128 * 17 * 9)
+    assert layer_shapes("vgg19", "pool1", 33, 17, ceil_pool=False)[-1].height == 16  # torchvision's default
