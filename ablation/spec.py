@@ -10,7 +10,7 @@ from typing import Any
 
 from ablation.engine.backends import PRECISIONS
 from ablation.engine.losses import LossWeights
-from ablation.engine.network import ARCHITECTURES, NetworkSpec
+from ablation.engine.network import ACTIVATIONS, ARCHITECTURES, NetworkSpec, activation_layers
 from ablation.engine.plan import ImagesSpec, RunSpec, WeightsSpec
 from ablation.engine.transfer import AdamSettings, EngineOptions, LBFGSSettings
 from ablation.engine.weights import SOURCES
@@ -72,12 +72,18 @@ def from_config(cfg: dict[str, Any]) -> RunSpec:
     _require(arch in ARCHITECTURES, f"variant.arch={arch!r}: choose one of {sorted(ARCHITECTURES)}")
     _require(variant.get("pooling") in ("max", "avg"), f"variant.pooling={variant.get('pooling')!r}: choose max or avg")
     _require(
-        variant.get("activation") in ("relu", "leaky_relu"),
-        f"variant.activation={variant.get('activation')!r}: choose relu or leaky_relu",
+        variant.get("activation") in ACTIVATIONS,
+        f"variant.activation={variant.get('activation')!r}: choose one of {', '.join(ACTIVATIONS)}",
     )
     _require(
         variant.get("final_activation") in (None, "tanh"),
         f"variant.final_activation={variant.get('final_activation')!r}: choose null or tanh",
+    )
+    final_layer = variant.get("final_layer", NetworkSpec.final_layer)
+    _require(
+        final_layer in activation_layers(arch),
+        f"variant.final_layer={final_layer!r}: {arch} has no such layer; "
+        f"choose one of {', '.join(activation_layers(arch))}",
     )
     network = NetworkSpec(
         arch=arch,
@@ -85,6 +91,7 @@ def from_config(cfg: dict[str, Any]) -> RunSpec:
         activation=variant["activation"],
         slope=_number(variant, "slope", "variant"),
         final_activation=variant.get("final_activation"),
+        final_layer=final_layer,
     )
 
     weights_ = LossWeights(**{k: _number(loss, k, "loss") for k in LossWeights.__dataclass_fields__})
