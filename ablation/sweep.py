@@ -2,9 +2,11 @@
 
 A job's *fingerprint* is the SHA-256 of what determines its numbers: the resolved config without the
 settings that only change logging or output, plus the SHA-256 of the weights and of every input image
-(paths are replaced by content hashes, so the same files elsewhere give the same fingerprint) and the
-device it runs on. A sweep job whose fingerprint already has a FINISHED run is skipped
-(``run.force=true`` runs it again), so re-running an interrupted sweep runs only what is missing.
+(paths are replaced by content hashes, so the same files elsewhere give the same fingerprint), the engine's
+version (bumped when its numbers change) and the device type it runs on (cpu, cuda: not the hardware
+class, so losses are reused across machines of one type; runtimes are grouped by class in the report).
+A sweep job whose fingerprint already has a FINISHED run is skipped (``run.force=true`` runs it again),
+so re-running an interrupted sweep runs only what is missing.
 
 :class:`SweepCallback` (a Hydra callback, see ``conf/config.yaml``) creates the store, the experiment and
 the sweep's parent run in the launching process before any job starts: a fresh sqlite store hit by
@@ -33,6 +35,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from ablation import tracking
+from ablation.engine import ENGINE_VERSION
 
 #: Bump when the fingerprint's recipe changes, so old runs are not taken for new ones.
 FINGERPRINT_VERSION = 1
@@ -60,20 +63,31 @@ def _dropped(key: str) -> bool:
 
 
 def fingerprint_payload(
-    config: Mapping[str, Any], weights_sha256: str, image_sha256: list[str], device: str
+    config: Mapping[str, Any],
+    weights_sha256: str,
+    image_sha256: list[str],
+    device: str,
+    engine_version: int = ENGINE_VERSION,
 ) -> dict[str, str]:
     """The flat key -> value mapping a fingerprint hashes (shown so a mismatch can be explained)."""
     flat = {k: v for k, v in tracking.flatten(config).items() if not _dropped(k)}
     flat["fingerprint.version"] = str(FINGERPRINT_VERSION)
+    flat["fingerprint.engine_version"] = str(engine_version)
     flat["fingerprint.device"] = device
     flat["fingerprint.weights_sha256"] = weights_sha256
     flat["fingerprint.image_sha256"] = ",".join(image_sha256)  # content first, then styles, then an init image
     return flat
 
 
-def fingerprint(config: Mapping[str, Any], weights_sha256: str, image_sha256: list[str], device: str) -> str:
+def fingerprint(
+    config: Mapping[str, Any],
+    weights_sha256: str,
+    image_sha256: list[str],
+    device: str,
+    engine_version: int = ENGINE_VERSION,
+) -> str:
     """SHA-256 of :func:`fingerprint_payload` as canonical JSON (sorted keys)."""
-    payload = fingerprint_payload(config, weights_sha256, image_sha256, device)
+    payload = fingerprint_payload(config, weights_sha256, image_sha256, device, engine_version)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ablation import report, sweep
+from ablation.engine import ENGINE_VERSION
 from tests.support import run_sweep, store_env, sweep_command
 
 CONFIG = {
@@ -54,9 +55,17 @@ def test_fingerprint_changes_with_what_determines_the_result():
         fp(weights="other weights"),
         fp(images=("c", "other style")),
         fp(device="cuda"),
+        sweep.fingerprint(CONFIG, "w", ["c", "s"], "cpu", engine_version=ENGINE_VERSION + 1),
     ]
     assert len({base, *changed}) == 1 + len(changed)  # all distinct
     assert len(base) == 64 and int(base, 16) >= 0  # a SHA-256 hex digest
+
+
+def test_fingerprint_holds_the_engine_version_and_the_device_type_not_the_machine():
+    payload = sweep.fingerprint_payload(CONFIG, "w", ["c", "s"], "cuda")
+    assert payload["fingerprint.engine_version"] == str(ENGINE_VERSION)
+    assert payload["fingerprint.device"] == "cuda"  # an H100 and an A100 share losses; runtimes are grouped by class
+    assert not {"hardware_class", "hostname", "gpu_name", "calibration_gflops"} & {k.split(".")[-1] for k in payload}
 
 
 def test_summary_names_failed_and_lost_jobs():
