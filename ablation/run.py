@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
 from ablation import sweep, tracking
-from ablation.engine import judge
+from ablation.engine import ENGINE_VERSION, hardware, judge
 from ablation.engine.checkpoint import CheckpointError, load_checkpoint, restore_rng, save_checkpoint
 from ablation.engine.colors import preserve_colors
 from ablation.engine.images import ImageError, save_png
@@ -46,6 +46,8 @@ from ablation.resume import config_sha256, download_checkpoint, find_resumable
 from ablation.spec import SpecError, from_config
 from ablation.stopping import Interrupted, StopRequest, stop_on_signals
 
+#: The MLflow image series of every run (its checkpoint images and its final image, by step).
+IMAGE_SERIES_KEY = "output"
 #: Errors that mean "bad input": one line, exit code 2, nothing stored is touched.
 USER_ERRORS = (
     SpecError,
@@ -85,7 +87,24 @@ def run_params(spec: RunSpec, problem: Problem, config: dict[str, Any]) -> dict[
         "style_sha256": ",".join(problem.images.sha256[1:]),
         "truncation_layer": spec.last_layer,
         "final_layer_activation": type(problem.net.final_layer_activation).__name__,
+        "engine_version": ENGINE_VERSION,
     }
+
+
+def describe_machine(device: torch.device) -> tuple[dict[str, str], dict[str, str], float]:
+    """Tags, params and calibration GFLOP/s of the machine a run uses (about half a second, for the calibration).
+
+    The ``hardware_class`` tag groups runs whose runtimes compare; the params say what the machine is; the
+    calibration (a fixed convolution workload) puts different classes on one scale.
+    """
+    machine = hardware.describe(device)
+    return {"hardware_class": machine.hardware_class()}, machine.params(), hardware.calibrate(device)
+
+
+def resumed_hardware_class(before: str | None, now: str) -> str:
+    """The class of a run continued on ``now``: unchanged on the same class, else ``mixed: A + B`` (a run
+    whose runtime spans two machines belongs to neither's group)."""
+    return now if before in (None, now) else f"mixed: {before} + {now}"
 
 
 def write_losses(history: list[np.ndarray], path: Path) -> Path:
@@ -145,10 +164,14 @@ def transfer_and_log(
                 path = folder / str(i) / name
                 log.artifact(save_png(problem_of_scale.pixels.decode(images[i : i + 1]), path), artifact_folder)
 
+        def log_series(images: torch.Tensor, step: int) -> None:
+            for i, log in enumerate(logs):
+                log.image(problem_of_scale.pixels.decode(images[i : i + 1]), IMAGE_SERIES_KEY, step)
+
         def save_state(step: int) -> None:
             save_checkpoint(state, np.concatenate(histories[0]), folder / "state.pt", config_hash)
             logs[0].artifact(folder / "state.pt", "checkpoint")
-            save_images(f"step_{step:06d}.png", state.image, "checkpoints")
+            log_series(state.image, step)
 
         problem_of_scale = problems[0] if resumed is None else problem
         try:
@@ -196,6 +219,7 @@ def transfer_and_log(
         new_steps = max(last_step - first_new + 1, 1)
         peak_mb = peak_memory_mb(problem.device)
         save_images("final.png", state.image)
+        log_series(state.image, last_step)
         save_images("best.png", state.best_image)
         all_results = []
         for i, log in enumerate(logs):
@@ -304,6 +328,9 @@ def execute(
                 "run.resume=true: no KILLED or FAILED run of this config with a checkpoint; starting afresh",
                 file=sys.stderr,
             )
+    calibration_start = time.perf_counter()
+    machine_tags, machine_params, calibration_gflops = describe_machine(device)
+    started += time.perf_counter() - calibration_start  # the calibration is no part of the run's setup time
     problems = [
         prepare(replace(spec, images=replace(spec.images, width=width), iterations=n), device, weights)
         for width, n in spec.stages()
@@ -320,6 +347,8 @@ def execute(
     logs: list[tracking.RunLog] = []
     if previous is not None:
         log, resumed = resume_from(client, previous.info.run_id, device)
+        before = log.run.data.tags.get("hardware_class")
+        log.tags({"hardware_class": resumed_hardware_class(before, machine_tags["hardware_class"])})
         logs.append(log)
     else:
         run_name = config["tracking"].get("run_name")
@@ -330,6 +359,8 @@ def execute(
                 "weights_source": problem.weights.source,
                 "config_sha256": config_sha256(seed_config(config, seed)),
                 "fingerprint": fingerprints[seed],
+                **tracking.provenance_tags(),
+                **machine_tags,
                 **({"random_weights": "true"} if problem.weights.source == "random" else {}),
                 **({"batch_seeds": ",".join(map(str, spec.seeds))} if len(spec.seeds) > 1 else {}),
                 **(job.child_tags() if job is not None else {}),
@@ -339,8 +370,12 @@ def execute(
     try:
         if resumed is None:
             for seed, log in zip(spec.seeds, logs, strict=True):
-                log.params({**run_params(spec, problem, seed_config(config, seed)), "batch_size": len(spec.seeds)})
+                params = run_params(spec, problem, seed_config(config, seed))
+                log.params({**params, **machine_params, "batch_size": len(spec.seeds)})
                 log.text(OmegaConf.to_yaml(OmegaConf.create(seed_config(config, seed))), "config.yaml")
+        first_step = 0 if resumed is None else resumed[0].step
+        for log in logs:
+            log.metrics({"calibration_gflops": calibration_gflops}, step=first_step)
         with stop_on_signals(stop or StopRequest()) as request:
             all_results = transfer_and_log(spec, problems, logs, setup_s, resumed, request, config_hash, scorer)
         for log, results in zip(logs, all_results, strict=True):

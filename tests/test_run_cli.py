@@ -49,8 +49,9 @@ def test_each_variant_logs_a_complete_run(variant_runs, variant):
     for key in ("setup_s", "loop_s", "iter_ms", "total_s", "peak_mem_mb", "best_total", "final_content"):
         assert metrics[key] >= 0
     files = {f.path for f in client.list_artifacts(run.info.run_id)}
-    assert {"final.png", "best.png", "losses.csv", "config.yaml", "checkpoints"} <= files
-    assert [f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/step_000015.png"]
+    assert {"final.png", "best.png", "losses.csv", "config.yaml", "images"} <= files
+    series = [f.path for f in client.list_artifacts(run.info.run_id, "images") if f.path.endswith(".png")]
+    assert sorted(int(path.split("+")[2]) for path in series) == [15, ITERATIONS]  # a checkpoint, the final image
 
 
 def test_demo_without_network_stops_with_a_clear_message(tmp_path):

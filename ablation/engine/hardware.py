@@ -125,11 +125,13 @@ def calibrate(device: torch.device, min_s: float = 0.5) -> float:
     until all blocks together take ``min_s``; GFLOP/s = passes x :data:`CALIBRATION_GFLOP` / their time.
     A GPU (tens of microseconds a pass) and a CPU (tens of milliseconds on two cores) both give a steady
     figure in about ``min_s``; a GPU is synchronised only at the end of a block, so the growing blocks hide
-    the synchronisation. TF32 is off for the timing (every device does the same arithmetic). The inputs are
-    constants: the global RNG, which seeds the run, is left alone.
+    the synchronisation. cuDNN runs IEEE fp32 with autotuning, whatever an earlier job in this process set
+    (every device does the same arithmetic; flags are restored). The inputs are constants: the global RNG,
+    which seeds the run, is left alone.
     """
-    tf32 = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
+    cudnn = torch.backends.cudnn
+    saved = cudnn.conv.fp32_precision, cudnn.benchmark
+    cudnn.conv.fp32_precision, cudnn.benchmark = "ieee", True  # as a run at run.precision=fp32 has them
     try:
         with torch.no_grad():
             images = torch.full(CALIBRATION_SHAPE, 0.5, device=device)
@@ -146,4 +148,4 @@ def calibrate(device: torch.device, min_s: float = 0.5) -> float:
                 block = max(1, min(2 * block, math.ceil((min_s - passes * seconds_per_pass) / seconds_per_pass)))
             return CALIBRATION_GFLOP * passes / elapsed_s
     finally:
-        torch.backends.cudnn.allow_tf32 = tf32
+        cudnn.conv.fp32_precision, cudnn.benchmark = saved

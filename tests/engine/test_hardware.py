@@ -73,11 +73,13 @@ def test_calibration_workload_is_the_flops_it_claims():
     assert hardware.CALIBRATION_GFLOP == pytest.approx(1.2079595, rel=1e-7)
 
 
-def test_calibration_takes_about_its_budget_and_leaves_the_rng_alone():
+def test_calibration_takes_about_its_budget_and_leaves_the_rng_and_backend_flags_alone():
     rng = torch.random.get_rng_state()
+    flags = torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.benchmark
     start = time.perf_counter()
     gflops = hardware.calibrate(torch.device("cpu"), min_s=0.2)
     elapsed_s = time.perf_counter() - start
     assert torch.equal(torch.random.get_rng_state(), rng)
+    assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.benchmark) == flags
     # warm-up (one pass) + at least 0.2 s of passes; a pass of 1.2 GFLOP takes < 0.5 s at >= 2.4 GFLOP/s
     assert 0.2 <= elapsed_s < 1.5 and gflops > 1.0
