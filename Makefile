@@ -18,6 +18,7 @@ SWEEP_ARGS ?=
 SWEEP ?=
 
 comma := ,
+space := $(subst ,, )
 .PHONY: help install demo test lint ui server sweep report tune bench
 help:  ## every target with what it does
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
@@ -39,8 +40,8 @@ sweep: install  ## the experiment's variants x seeds; jobs with a FINISHED run o
 		$(if $(SIZE),images.width=$(SIZE)) $(if $(ITER),run.iterations=$(ITER)) $(if $(SEEDS),run.seed=$(SEEDS)) \
 		$(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(filter joblib,$(LAUNCHER)),hydra.launcher.n_jobs=$(N_JOBS)) $(SWEEP_ARGS)
 
-# make tune: one Optuna study per variant (VARIANTS=original,vgg16 ...), TRIALS trials each
-VARIANTS ?= original,avg_pool,leaky_relu,tanh_final,vgg16,vgg16_tanh
+# make tune: one Optuna study per variant (VARIANTS=original,vgg16 ...; default every file of conf/variant), TRIALS each
+VARIANTS ?= $(subst $(space),$(comma),$(sort $(basename $(notdir $(wildcard conf/variant/*.yaml)))))
 TRIALS ?= 20
 tune: install  ## tune content/style/TV weights per variant to minimise the judge's total (experiment=tune)
 	for v in $(subst $(comma), ,$(VARIANTS)); do \

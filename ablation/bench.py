@@ -38,7 +38,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from ablation import schema
 from ablation.engine.backends import PRECISIONS, configure_backends, native_bf16, set_layout
+from ablation.engine.errors import UserError
 from ablation.engine.images import ImageError
 from ablation.engine.inputs import DataError
 from ablation.engine.losses import LossWeights
@@ -54,7 +56,7 @@ LAYOUTS = {"nchw": False, "nhwc": True}
 DEFAULT_SIZES = {"cpu": (128, 256), "cuda": (256, 512, 1024)}
 
 
-class BenchError(ValueError):
+class BenchError(UserError):
     """A benchmark option that cannot be used."""
 
 
@@ -528,11 +530,10 @@ def load_bench_weights(choice: str, arch: str) -> VGGWeights:
 def bench_problem(variant: str, width: int, device: torch.device, weights: VGGWeights) -> Problem:
     """The run's own set-up (Hydra config -> spec -> prepare) for the report's pair at ``width``."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     overrides = [f"variant={variant}", f"images.width={width}", "weights=random", f"run.device={device}"]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        config = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+        config = schema.plain(compose("config", overrides=overrides))
     return prepare(from_config(config), device, weights)  # type: ignore[arg-type]
 
 

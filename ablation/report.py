@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from ablation import sweep, tracking
+from ablation.engine.errors import UserError
 from ablation.paths import REPORTED_DIR, REPORTS_DIR
 
 #: Variant -> the report's column label, in the report's order.
@@ -79,7 +80,7 @@ TUNED_PARAMS = {
 }
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """No sweep to report on, or a sweep without usable runs."""
 
 

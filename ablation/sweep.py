@@ -1,12 +1,8 @@
-"""Sweeps: job fingerprints, skipping finished work, and one MLflow parent run per sweep.
+"""Sweeps: one MLflow parent run per sweep, each job's outcome recorded on it, a summary at the end.
 
-A job's *fingerprint* is the SHA-256 of what determines its numbers: the resolved config without the
-settings that only change logging or output, plus the SHA-256 of the weights and of every input image
-(paths are replaced by content hashes, so the same files elsewhere give the same fingerprint), the engine's
-version (bumped when its numbers change) and the device type it runs on (cpu, cuda: not the hardware
-class, so losses are reused across machines of one type; runtimes are grouped by class in the report).
-A sweep job whose fingerprint already has a FINISHED run is skipped (``run.force=true`` runs it again),
-so re-running an interrupted sweep runs only what is missing.
+Which jobs run is decided by their fingerprints (``ablation.fingerprint``, used by ``ablation.job``): a job
+whose fingerprint already has a FINISHED run is skipped, so re-running an interrupted sweep runs only what is
+missing.
 
 :class:`SweepCallback` (a Hydra callback, see ``conf/config.yaml``) creates the store, the experiment and
 the sweep's parent run in the launching process before any job starts: a fresh sqlite store hit by
@@ -18,7 +14,6 @@ the report reads the sweep's runs from those tags.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -35,71 +30,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from ablation import tracking
-from ablation.engine import ENGINE_VERSION
 
-#: Bump when the fingerprint's recipe changes, so old runs are not taken for new ones.
-FINGERPRINT_VERSION = 1
-#: Keys that change what is logged or printed, not the result (a trailing dot: the whole section).
-NOT_RESULT_KEYS = (
-    "run.quiet",
-    "run.debug",
-    "run.force",
-    "run.log_every",
-    "run.sync_every",
-    "run.checkpoint_every",
-    "run.device",  # replaced by the device actually used
-    "tracking.",
-    "images.content",  # replaced by the files' SHA-256
-    "images.styles",
-    "weights.path",  # replaced by the weights' SHA-256
-    "judge.weights_path",
-)
 PARENT_FILE = "mlflow_parent.json"
 JOB_TAG_PREFIX = "job."
-
-
-def _dropped(key: str) -> bool:
-    return any(key.startswith(k) if k.endswith(".") else key == k for k in NOT_RESULT_KEYS)
-
-
-def fingerprint_payload(
-    config: Mapping[str, Any],
-    weights_sha256: str,
-    image_sha256: list[str],
-    device: str,
-    engine_version: int = ENGINE_VERSION,
-) -> dict[str, str]:
-    """The flat key -> value mapping a fingerprint hashes (shown so a mismatch can be explained)."""
-    flat = {k: v for k, v in tracking.flatten(config).items() if not _dropped(k)}
-    flat["fingerprint.version"] = str(FINGERPRINT_VERSION)
-    flat["fingerprint.engine_version"] = str(engine_version)
-    flat["fingerprint.device"] = device
-    flat["fingerprint.weights_sha256"] = weights_sha256
-    flat["fingerprint.image_sha256"] = ",".join(image_sha256)  # content first, then styles, then an init image
-    return flat
-
-
-def fingerprint(
-    config: Mapping[str, Any],
-    weights_sha256: str,
-    image_sha256: list[str],
-    device: str,
-    engine_version: int = ENGINE_VERSION,
-) -> str:
-    """SHA-256 of :func:`fingerprint_payload` as canonical JSON (sorted keys)."""
-    payload = fingerprint_payload(config, weights_sha256, image_sha256, device, engine_version)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def find_finished(client: MlflowClient, experiment_id: str, job_fingerprint: str) -> str | None:
-    """Id of the newest FINISHED run with this fingerprint, or None."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.fingerprint = '{job_fingerprint}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else None
 
 
 @dataclass(frozen=True)

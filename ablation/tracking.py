@@ -28,13 +28,14 @@ from mlflow.tracking.context import registry as run_context
 from mlflow.utils.git_utils import get_git_commit
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
+from ablation.engine.errors import UserError
 from ablation.paths import PROJECT_ROOT, RUNS_DIR
 
 MAX_PARAM_CHARS = 6000
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError):
     """The tracking store cannot be reached or written."""
 
 

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from PIL import Image
+
+from ablation import schema
 
 PROJECT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT.parent / "shared" / "data"
@@ -38,7 +39,7 @@ def config(overrides: list[str]) -> dict[str, Any]:
     """The resolved config ``python -m ablation.run OVERRIDES`` would run."""
     with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides)
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return schema.plain(cfg)
 
 
 def tiny_images(folder: Path, size_px: int = 16) -> tuple[Path, Path]:

@@ -91,7 +91,7 @@ def test_second_scale_starts_from_the_first_upsampled(vgg19_random):
 def test_two_scale_run_logs_each_scale_and_the_colour_preserved_image(store, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from ablation.run import execute
+    from ablation.job import execute
     from tests.test_spec import config_for
 
     overrides = {

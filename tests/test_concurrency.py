@@ -21,7 +21,7 @@ def job(folder: str, index: int) -> tuple[str, str]:
     import torch
 
     torch.set_num_threads(1)
-    from ablation.run import execute
+    from ablation.job import execute
 
     overrides = run_overrides(Path(folder), 1) + [f"run.seed={index}", f"tracking.experiment=exp-{'AB'[index % 2]}"]
     results = execute(config(overrides))

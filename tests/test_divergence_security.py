@@ -11,7 +11,7 @@ from PIL import Image
 
 from ablation import tracking
 from ablation.engine.transfer import DivergenceError
-from ablation.run import execute
+from ablation.job import execute
 from tests.support import config, run_overrides
 
 

@@ -1,6 +1,6 @@
 """Bad input: one clear line naming the value and the fix, a non-zero exit, and the store left as it was.
 
-Most cases go through ``ablation.run.execute`` in-process (the exception and its message are what the
+Most cases go through ``ablation.job.execute`` in-process (the exception and its message are what the
 CLI prints after ``error:``); a few go through the real ``python -m ablation.run`` for the exit code,
 the single line and the absence of a traceback.
 """
@@ -26,7 +26,9 @@ from ablation.engine.images import ImageError
 from ablation.engine.inputs import DataError
 from ablation.engine.memory import MemoryEstimateError, layer_sizes, transfer_bytes
 from ablation.engine.weights import WeightsError, load_weights, random_weights
-from ablation.run import _CLI_MARK, USER_ERRORS, debug_requested, execute, one_line
+from ablation.job import execute
+from ablation.paths import variant_names
+from ablation.run import _CLI_MARK, USER_ERRORS, debug_requested, one_line
 from ablation.spec import SpecError
 from tests.support import PROJECT, PYTHON, config, run_overrides, store_env
 
@@ -174,8 +176,7 @@ def test_unknown_variant_lists_the_choices_in_one_line() -> None:
         with pytest.raises(HydraException) as caught:
             compose("config", ["variant=nope"])
     assert one_line(caught.value) == (
-        "variant=nope is not a choice: choose one of avg_pool, leaky_relu, original, tanh_final, vgg16, vgg16_tanh "
-        "(or add conf/variant/nope.yaml)"
+        f"variant=nope is not a choice: choose one of {', '.join(variant_names())} (or add conf/variant/nope.yaml)"
     )
 
 
@@ -189,8 +190,8 @@ def test_cli_unknown_variant_and_bad_value_one_line_exit_2(tmp_path: Path) -> No
     done = cli(run_overrides(tmp_path) + ["variant=nope"], tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == (
-        "error: variant=nope is not a choice: choose one of avg_pool, leaky_relu, original, tanh_final, vgg16, "
-        "vgg16_tanh (or add conf/variant/nope.yaml)"
+        f"error: variant=nope is not a choice: choose one of {', '.join(variant_names())} "
+        "(or add conf/variant/nope.yaml)"
     )
     done = cli(run_overrides(tmp_path) + ["optim.lr=-1"], tmp_path)
     assert (done.returncode, done.stderr.strip()) == (2, "error: optim.lr=-1.0 must be > 0")

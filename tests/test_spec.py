@@ -2,9 +2,11 @@
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from hydra.errors import HydraException
 
+from ablation import schema
 from ablation.paths import CONF_DIR
+from ablation.run import one_line
 from ablation.spec import SpecError, from_config
 
 CONF = str(CONF_DIR)
@@ -15,7 +17,7 @@ def config_for(variant: str = "original", **overrides) -> dict:
     args = [f"variant={variant}", "weights=random"] + [f"{k}={v}" for k, v in overrides.items()]
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("config", overrides=args)
-    return OmegaConf.to_container(cfg, resolve=True)
+    return schema.plain(cfg)
 
 
 def test_defaults_are_upstreams():
@@ -34,15 +36,12 @@ def test_defaults_are_upstreams():
         ({"optim.lr": 0}, "optim.lr=0.0 must be > 0"),
         ({"loss.content_blend": 1.5}, "loss.content_blend=1.5 must be in [0, 1]"),
         ({"images.style_blend": "[0,0]", "images.styles": "[a.jpg,b.jpg]"}, "sums to 0"),
-        ({"variant.pooling": "median"}, "variant.pooling='median': choose max or avg"),
+        ({"images.width": -3}, "images.width=-3 must be > 0"),
         (
             {"variant.arch": "vgg16", "variant.final_layer": "relu5_4"},
             "variant.final_layer='relu5_4': vgg16 has no such layer; choose one of relu1_1, relu1_2, relu2_1, "
             "relu2_2, relu3_1, relu3_2, relu3_3, relu4_1, relu4_2, relu4_3, relu5_1, relu5_2, relu5_3",
         ),
-        ({"variant.activation": "gelu"}, "variant.activation='gelu': choose one of relu, leaky_relu, tanh"),
-        ({"images.width": -3}, "images.width=-3 must be > 0"),
-        ({"run.precision": "fp8"}, "run.precision='fp8'"),
         ({"optim": "lbfgs", "run.seeds": "[0,1]"}, "L-BFGS's history would couple the seeds"),
     ],
 )
@@ -75,3 +74,19 @@ def test_variants_are_data():
     assert (spec.network.arch, spec.network.final_activation, spec.variant) == ("vgg16", "tanh", "vgg16_tanh")
     custom = from_config(config_for("original", **{"variant.pooling": "avg", "variant.activation": "leaky_relu"}))
     assert (custom.network.pooling, custom.network.activation) == ("avg", "leaky_relu")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("variant.pooling=median", "variant.pooling='median': choose one of max, avg"),
+        ("variant.activation=gelu", "variant.activation='gelu': choose one of relu, leaky_relu, tanh"),
+        ("run.precision=fp8", "run.precision='fp8': choose one of fp32, tf32, bf16"),
+        ("run.iterations=abc", "run.iterations='abc' is not an integer"),
+    ],
+)
+def test_types_and_choices_are_refused_when_the_override_is_parsed(override, message):
+    """The schema refuses these before any check of ours runs; the CLI prints them as this one line."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"), pytest.raises(HydraException) as caught:
+        compose("config", overrides=["weights=random", override])
+    assert one_line(caught.value) == message

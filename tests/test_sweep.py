@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ablation import report, sweep
+from ablation import fingerprint, report, sweep
 from ablation.engine import ENGINE_VERSION
 from tests.support import run_sweep, store_env, sweep_command
 
@@ -30,7 +30,7 @@ CONFIG = {
 
 
 def fp(config: dict = CONFIG, weights: str = "w", images: tuple = ("c", "s"), device: str = "cpu") -> str:
-    return sweep.fingerprint(config, weights, list(images), device)
+    return fingerprint.fingerprint(config, weights, list(images), device)
 
 
 def with_value(section: str, key: str, value: object) -> dict:
@@ -55,14 +55,14 @@ def test_fingerprint_changes_with_what_determines_the_result():
         fp(weights="other weights"),
         fp(images=("c", "other style")),
         fp(device="cuda"),
-        sweep.fingerprint(CONFIG, "w", ["c", "s"], "cpu", engine_version=ENGINE_VERSION + 1),
+        fingerprint.fingerprint(CONFIG, "w", ["c", "s"], "cpu", engine_version=ENGINE_VERSION + 1),
     ]
     assert len({base, *changed}) == 1 + len(changed)  # all distinct
     assert len(base) == 64 and int(base, 16) >= 0  # a SHA-256 hex digest
 
 
 def test_fingerprint_holds_the_engine_version_and_the_device_type_not_the_machine():
-    payload = sweep.fingerprint_payload(CONFIG, "w", ["c", "s"], "cuda")
+    payload = fingerprint.fingerprint_payload(CONFIG, "w", ["c", "s"], "cuda")
     assert payload["fingerprint.engine_version"] == str(ENGINE_VERSION)
     assert payload["fingerprint.device"] == "cuda"  # an H100 and an A100 share losses; runtimes are grouped by class
     assert not {"hardware_class", "hostname", "gpu_name", "calibration_gflops"} & {k.split(".")[-1] for k in payload}

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ablation.engine.errors import UserError
 from ablation.engine.transfer import AdamSettings, LBFGSSettings, TransferState, new_state
 
 CHECKPOINT_FORMAT = 1
@@ -26,7 +27,7 @@ CHECKPOINT_FORMAT = 1
 CHECKPOINT_ARTIFACT = "checkpoint/state.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read or does not fit the run it should continue."""
 
 

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ablation.engine.errors import UserError
 
-class ImageError(ValueError):
+
+class ImageError(UserError):
     """An input image that cannot be used; the message names the file and the fix."""
 
 
@@ -87,6 +89,12 @@ class PixelSpace:
             x = x.unsqueeze(0)
         rgb = (x.detach().float() + self._mean(x.device)).clamp(0, 255)
         return rgb[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+
+    def convert(self, x: torch.Tensor, target: PixelSpace) -> torch.Tensor:
+        """``x`` in this space as the same RGB in ``target``'s (unclipped): x + mean - target's mean."""
+        if tuple(self.mean_pixel) == tuple(target.mean_pixel):
+            return x
+        return x + self._mean(x.device) - target._mean(x.device)
 
 
 def save_png(image: np.ndarray, path: str | Path) -> Path:

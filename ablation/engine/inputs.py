@@ -9,6 +9,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ablation.engine.errors import UserError
+
 _UPSTREAM = "https://raw.githubusercontent.com/anishathalye/neural-style/master/examples"
 #: name -> (upstream URL, SHA-256)
 KNOWN_IMAGES: dict[str, tuple[str, str]] = {
@@ -23,7 +25,7 @@ KNOWN_IMAGES: dict[str, tuple[str, str]] = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """An input that cannot be found, fetched or verified."""
 
 

@@ -75,12 +75,7 @@ def score(judge: Judge, image: torch.Tensor, image_pixels: PixelSpace) -> dict[s
     into the judge's pixel space only when the mean pixels differ. SSIM compares the saved uint8 output with
     the resized content photo (data range 255, colour channels averaged).
     """
-    x = image.detach().float()
-    if tuple(image_pixels.mean_pixel) != tuple(judge.pixels.mean_pixel):
-        shift = torch.tensor(image_pixels.mean_pixel, device=x.device) - torch.tensor(
-            judge.pixels.mean_pixel, device=x.device
-        )
-        x = x + shift.view(1, 3, 1, 1)
+    x = image_pixels.convert(image.detach().float(), judge.pixels)
     terms = loss_terms(judge.net, x, judge.targets)[0].cpu().numpy()
     output_rgb = image_pixels.decode(image)
     ssim = structural_similarity(output_rgb, judge.content_rgb, channel_axis=2, data_range=255)

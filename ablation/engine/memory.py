@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ablation.engine.errors import UserError
 from ablation.engine.images import content_size, image_size_wh, style_size
 from ablation.engine.inputs import resolve_image
 from ablation.engine.network import STAGE_CHANNELS, conv_shapes, layer_names
@@ -32,7 +33,7 @@ FLOAT_BYTES = 4
 INDEX_BYTES = 8
 
 
-class MemoryEstimateError(ValueError):
+class MemoryEstimateError(UserError):
     """The run would need more memory than the device has; the message says what size would fit."""
 
 

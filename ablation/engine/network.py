@@ -20,9 +20,12 @@ ARCHITECTURES: dict[str, tuple[int, ...]] = {
     "vgg19": (2, 2, 4, 4, 4),
 }
 STAGE_CHANNELS = (64, 128, 256, 512, 512)
+#: The choices a variant has (the config schema offers exactly these).
+POOLINGS = ("max", "avg")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh")  # tanh: after every conv
+FINAL_ACTIVATIONS = ("tanh",)
 #: Smallest input side for which every stage still has at least one pixel through relu5_x.
 MIN_IMAGE_SIDE_PX = 16
-ACTIVATIONS = ("relu", "leaky_relu", "tanh")
 
 log = logging.getLogger(__name__)
 

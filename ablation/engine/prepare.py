@@ -13,6 +13,7 @@ import torch
 
 from ablation.engine.backends import configure_backends, set_layout
 from ablation.engine.colors import match_colors
+from ablation.engine.errors import DeviceError
 from ablation.engine.images import ImageError, PixelSpace, content_size, read_rgb, resize, style_size
 from ablation.engine.inputs import file_sha256, resolve_image
 from ablation.engine.network import MIN_IMAGE_SIDE_PX, VGGFeatures
@@ -32,11 +33,11 @@ def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"run.device={name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from err
+        raise DeviceError(f"run.device={name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"run.device={name!r} but torch sees no CUDA device: use run.device=auto or cpu")
+        raise DeviceError(f"run.device={name!r} but torch sees no CUDA device: use run.device=auto or cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"run.device={name!r} but MPS is not available: use run.device=auto or cpu")
+        raise DeviceError(f"run.device={name!r} but MPS is not available: use run.device=auto or cpu")
     return device
 
 

@@ -1,7 +1,7 @@
 """Coarse-to-fine: optimise at each width in turn, each scale starting from the previous result upsampled.
 
-One stream of :class:`Progress` comes out, as from a single ``stylize``; ``progress.extra`` says which
-scale it belongs to and the step offset that puts its steps on one global axis.
+One stream of :class:`Progress` comes out, as from a single ``stylize``; each progress says which scale it
+belongs to and the step offset that puts its steps on one global axis.
 """
 
 from __future__ import annotations
@@ -12,7 +12,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ablation.engine.transfer import AdamSettings, EngineOptions, LBFGSSettings, Progress, Targets, new_state, stylize
+from ablation.engine.transfer import (
+    AdamSettings,
+    EngineOptions,
+    LBFGSSettings,
+    Progress,
+    Targets,
+    TransferState,
+    new_state,
+    stylize,
+)
 
 
 def upsample(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
@@ -39,20 +48,21 @@ def coarse_to_fine(
     log_every: int,
     sync_every: int,
     options: EngineOptions = EngineOptions(),
+    resumed: TransferState | None = None,
 ) -> Iterator[Progress]:
     """``stylize`` at each stage in turn; stage i > 0 starts from stage i-1's final image upsampled to its size.
 
-    The optimiser restarts at every scale: its moments belong to the old pixel grid. ``progress.extra``
-    holds ``scale``, ``offset`` (the global step of this scale's step 0) and, on a scale's first yield, ``start``.
+    The optimiser restarts at every scale: its moments belong to the old pixel grid. Each progress carries its
+    ``scale`` and ``step_offset`` (the global step of this scale's step 0). ``resumed``: a checkpointed state of
+    a single-stage run, continued where it stopped (so one caller handles fresh and resumed runs alike).
     """
+    if resumed is not None and len(stages) > 1:
+        raise ValueError("a resumed state continues a single-scale run; coarse to fine restarts each scale")
     image, offset = first_image, 0
     for index, stage in enumerate(stages):
-        image = upsample(image, stage.size_hw)
-        state = new_state(image, settings)
-        first = True
+        state = resumed if resumed is not None else new_state(upsample(image, stage.size_hw), settings)
         for progress in stylize(stage.net, stage.targets, state, stage.iterations, log_every, sync_every, options):
-            progress.extra.update(scale=index, offset=offset, **({"start": image} if first else {}))
-            first = False
+            progress.scale, progress.step_offset = index, offset
             yield progress
         image = state.image.detach()
         offset += stage.iterations + 1  # step 0 of the next scale follows the last step of this one

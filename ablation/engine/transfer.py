@@ -10,9 +10,9 @@ gives step k's gradient also gives its losses, and one extra forward scores the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -193,15 +193,27 @@ def set_tf1_epsilon(optimizer: torch.optim.Optimizer, adam: AdamSettings, t: int
 
 @dataclass
 class Progress:
-    """Yielded at sync points. ``losses[i]`` [B, 4] belongs to step ``steps[i]``; ``state.image`` is
-    the image after ``step`` steps; ``done`` on the last yield, when ``state.image`` is final."""
+    """Yielded at sync points. ``losses[i]`` [B, 4] belongs to step ``steps[i]``; ``state.image`` is the image
+    after ``step`` steps; ``done`` on a scale's last yield, when ``state.image`` is that scale's final image.
+
+    Coarse to fine numbers steps on one axis: ``scale`` is the stage, ``step_offset`` its step 0's global step.
+    """
 
     step: int
     steps: np.ndarray
     losses: np.ndarray
     state: TransferState
     done: bool = False
-    extra: dict = field(default_factory=dict)
+    scale: int = 0
+    step_offset: int = 0
+
+    @property
+    def global_steps(self) -> np.ndarray:
+        return self.steps + self.step_offset
+
+    @property
+    def global_step(self) -> int:
+        return self.step + self.step_offset
 
 
 def stylize(
@@ -231,16 +243,13 @@ def stylize(
         last = step == iterations
         with torch.no_grad() if last else nullcontext():
             opt.zero_grad(set_to_none=True)
-            terms = terms_of(net, x, targets, options)
+            terms = terms_of(net, x, targets, options)  # [B, 4]: content, style, tv, total of the image now
             if not last:
                 terms[:, 3].sum().backward()
         history[step] = terms.detach()
         state.evaluations += 1
         if step % log_every == 0 or last:
-            better = terms[:, 3].detach() < state.best_total
-            state.best_total = torch.where(better, terms[:, 3].detach(), state.best_total)
-            state.best_step = torch.where(better, torch.full_like(state.best_step, step), state.best_step)
-            state.best_image = torch.where(better.view(-1, 1, 1, 1), x.detach(), state.best_image)
+            keep_best(state, terms[:, 3].detach(), step)
         state.step = step
         if last or step % sync_every == 0:
             rows = history[synced + 1 : step + 1].cpu().numpy()
@@ -250,22 +259,32 @@ def stylize(
                 raise DivergenceError(int(steps[bad.argmax()]), state)
             synced = step
             yield Progress(step, steps, rows, state, done=last)
-        if not last:
-            _optimiser_step(net, targets, state, terms, options)
-            state.step = step + 1
+        if last:
+            break
+        if isinstance(state.settings, AdamSettings):
+            set_tf1_epsilon(opt, state.settings, step + 1)
+            opt.step()
+        else:
+            opt.step(lbfgs_closure(net, targets, state, terms, options))
+        state.step = step + 1
 
 
-def _optimiser_step(
+def keep_best(state: TransferState, totals: torch.Tensor, step: int) -> None:
+    """Keep each sample's lowest-total image so far, on the device (no host sync)."""
+    better = totals < state.best_total
+    state.best_total = torch.where(better, totals, state.best_total)
+    state.best_step = torch.where(better, torch.full_like(state.best_step, step), state.best_step)
+    state.best_image = torch.where(better.view(-1, 1, 1, 1), state.image.detach(), state.best_image)
+
+
+def lbfgs_closure(
     net: VGGFeatures, targets: Targets, state: TransferState, terms: torch.Tensor, options: EngineOptions
-) -> None:
-    """One optimiser step from the gradient already in ``state.image.grad`` (``terms`` are its losses)."""
-    if isinstance(state.settings, AdamSettings):
-        set_tf1_epsilon(state.optimizer, state.settings, state.step + 1)
-        state.optimizer.step()
-        return
+) -> Callable[[], torch.Tensor]:
+    """L-BFGS's closure: the first call returns the loss whose gradient is already in ``state.image.grad``;
+    only a line search asks again, and each such evaluation is counted."""
     first = [terms[:, 3].sum().detach()]
 
-    def closure() -> torch.Tensor:  # L-BFGS asks again only inside a line search
+    def closure() -> torch.Tensor:
         if first:
             return first.pop()
         state.optimizer.zero_grad(set_to_none=True)
@@ -274,4 +293,4 @@ def _optimiser_step(
         state.evaluations += 1
         return total.detach()
 
-    state.optimizer.step(closure)
+    return closure

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ablation.engine.errors import UserError
 from ablation.engine.inputs import file_sha256
 from ablation.engine.network import ARCHITECTURES, conv_shapes, layer_names
 
@@ -26,9 +27,11 @@ CAFFE_MEAN_PIXEL = (123.68, 116.779, 103.939)
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 SOURCES = ("torchvision", "matconvnet", "file", "random")
+#: What a state-dict file was trained on: torch ((x/255 - mean)/std) or caffe (0-255 minus the mean pixel).
+PREPROCESSINGS = ("torch", "caffe")
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """Weights that cannot be obtained or do not fit; the message says what to do instead."""
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from hydra.errors import HydraException
 
+from ablation import schema
 from ablation.engine.backends import configure_backends, native_bf16, set_layout, uses_layout
 from ablation.engine.losses import LossWeights, gram
 from ablation.engine.network import NetworkSpec, VGGFeatures
 from ablation.engine.transfer import EngineOptions, compute_targets, initial_image, loss_terms
 from ablation.engine.weights import random_weights
 from ablation.paths import CONF_DIR
+from ablation.run import one_line
 from ablation.spec import SpecError, from_config
 
 
@@ -90,7 +92,7 @@ def test_bf16_runs_the_network_in_bf16_and_the_losses_in_fp32():
 
 def _config(*overrides: str) -> dict:
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return OmegaConf.to_container(compose("config", overrides=["weights=random", *overrides]), resolve=True)
+        return schema.plain(compose("config", overrides=["weights=random", *overrides]))
 
 
 def test_spec_reads_the_speed_keys_and_seeds():
@@ -104,15 +106,26 @@ def test_spec_reads_the_speed_keys_and_seeds():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("run.precision=fp16", "run.precision='fp16': choose one of fp32, tf32, bf16"),
         ("run.seeds=[0,0]", "run.seeds=[0, 0] repeats a seed"),
         ("run.seeds=[]", "run.seeds is empty"),
-        ("run.seeds=[0.5]", "run.seeds=[0.5]: give a list of integers"),
     ],
 )
 def test_spec_refuses_bad_speed_values(override: str, message: str):
     with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("]", r"\]")):
         from_config(_config(override))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("run.precision=fp16", "run.precision='fp16': choose one of fp32, tf32, bf16"),
+        ("run.seeds=[0.5]", "run.seeds[0]='0.5' is not an integer"),
+    ],
+)
+def test_schema_refuses_bad_speed_types_when_parsed(override: str, message: str):
+    with pytest.raises(HydraException) as caught:
+        _config(override)
+    assert one_line(caught.value) == message
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])

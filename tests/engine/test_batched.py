@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ablation import schema
 from ablation.engine.losses import LossWeights
 from ablation.engine.network import NetworkSpec, VGGFeatures
 from ablation.engine.transfer import Targets, compute_targets, initial_image, loss_terms, new_state, stylize
@@ -87,7 +88,7 @@ def test_batched_run_logs_one_mlflow_run_per_seed(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
     from PIL import Image
 
-    from ablation import run, tracking
+    from ablation import job, tracking
     from ablation.engine.prepare import prepare
     from ablation.spec import from_config
 
@@ -109,10 +110,9 @@ def test_batched_run_logs_one_mlflow_run_per_seed(tmp_path, monkeypatch):
     ]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    from omegaconf import OmegaConf
 
-    config = OmegaConf.to_container(cfg, resolve=True)
-    results = run.execute(config)
+    config = schema.plain(cfg)
+    results = job.execute(config)
 
     client, experiment_id = tracking.open_store("batched")
     runs = {r.data.tags["seed"]: r for r in client.search_runs([experiment_id])}

@@ -6,11 +6,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
+from ablation import schema
 from ablation.engine import judge
 from ablation.engine.prepare import prepare
-from ablation.run import execute
+from ablation.job import execute
 from ablation.spec import from_config
 from tests.support import DATA_DIR, PROJECT
 
@@ -19,7 +19,7 @@ TINY = ["weights=random", "images.width=32", "run.iterations=3", "run.quiet=true
 
 def config(*overrides: str) -> dict:
     with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
-        return OmegaConf.to_container(compose("config", overrides=[*TINY, *overrides]), resolve=True)
+        return schema.plain(compose("config", overrides=[*TINY, *overrides]))
 
 
 @pytest.fixture(autouse=True)

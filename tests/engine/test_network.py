@@ -13,6 +13,7 @@ from ablation.engine.transfer import compute_targets, initial_image, new_state, 
 from ablation.spec import from_config
 from tests.test_spec import config_for
 
+#: The report's six variants, whose modules this file spells out by name
 VARIANTS = ["original", "avg_pool", "leaky_relu", "tanh_final", "vgg16", "vgg16_tanh"]
 
 

@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ablation.engine.weights import random_weights
-from ablation.run import execute
+from ablation.job import execute
 from tests.engine.test_weights import write_matconvnet
 from tests.test_spec import config_for
 
