@@ -1,0 +1,22 @@
+"""The Makefile: every target says what it does in `make help`, and `make bench` runs the benchmark."""
+
+import re
+import subprocess
+
+from tests.support import PROJECT
+
+
+def make(*args: str) -> str:
+    done = subprocess.run(["make", "-s", *args], cwd=PROJECT, capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout
+
+
+def test_make_bench_runs_the_benchmark() -> None:
+    assert "-m ablation.bench" in make("-n", "bench", "BENCH_ARGS=--quick")
+
+
+def test_make_help_lists_every_target_with_its_description() -> None:
+    targets = set(re.findall(r"^([a-z][a-z-]*):", (PROJECT / "Makefile").read_text(), re.MULTILINE))
+    listed = dict(re.findall(r"^  make (\S+)\s+(.+)$", make("help"), re.MULTILINE))
+    assert targets <= set(listed), f"targets without a '## description': {sorted(targets - set(listed))}"
+    assert all(description.strip() for description in listed.values())
