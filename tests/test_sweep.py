@@ -148,6 +148,8 @@ def test_killed_sweep_reruns_only_the_missing_jobs(resumed):
     ran = [r for r in resumed["after_second"] if r.info.run_id not in skipped_ids]
     parent = json.loads((resumed["folder"] / "resumed" / sweep.PARENT_FILE).read_text())
     assert {r.data.tags["mlflow.parentRunId"] for r in ran} == {parent["parent_run_id"]}
+    parent_tags = client_for(resumed["folder"]).get_run(parent["parent_run_id"]).data.tags
+    assert len(parent_tags["mlflow.source.git.commit"]) == 40 and parent_tags["mlflow.user"]  # provenance, as children
     assert {(r.data.tags["variant"], r.data.tags["seed"]) for r in resumed["after_second"]} == {
         (v, s) for v in ("original", "vgg16_tanh") for s in ("0", "1")
     }

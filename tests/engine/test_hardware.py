@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -51,6 +52,20 @@ def test_describe_on_the_cpu_says_none_for_the_gpu():
     assert described.device == "cpu" and described.torch_threads == torch.get_num_threads()
     assert (described.gpu_name, described.gpu_memory_gb, described.gpu_driver) == ("none",) * 3
     assert described.cpu_cores >= 1 and described.cpu_model and described.hostname
+
+
+def test_describe_on_cuda_reads_the_gpu(monkeypatch):
+    """No GPU needed: torch's device properties and the driver stand in for an H100 (85,024,636,928 bytes)."""
+    properties = SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=85_024_636_928)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: properties)
+    monkeypatch.setattr(hardware, "gpu_driver", lambda: "550.54.15")
+    described = hardware.describe(torch.device("cuda"))
+    assert (described.gpu_name, described.gpu_memory_gb, described.gpu_driver) == (
+        "NVIDIA H100 80GB HBM3",
+        "85.0",
+        "550.54.15",
+    )
+    assert described.hardware_class() == "cuda:NVIDIA H100 80GB HBM3"
 
 
 def test_cpu_model_and_driver_are_read_from_the_kernels_files(tmp_path):
