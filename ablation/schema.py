@@ -117,7 +117,8 @@ class RandomWeights:
 class RunConfig:
     iterations: int = 1000  # optimiser steps (upstream and the report: 1000)
     seed: int = 0  # seeds the initial noise
-    seeds: list[int] | None = None  # e.g. [0,1,2,3]: these seeds as one batch, one MLflow run each
+    seeds: list[int] | None = None  # e.g. [0,1,2,3]: several seeds in one process, one MLflow run each
+    batch_seeds: bool | None = None  # run.seeds as one batch; None: on a GPU yes, on a CPU one after another
     device: str = neutral("auto")  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     init: str = "noise"  # noise (upstream) | content | path to an image
     init_noise_blend: float | None = None  # None: 1 for noise, 0 otherwise; else image*(1-b) + noise*b
@@ -195,13 +196,13 @@ GROUP_OPTIONS: dict[str, dict[str, type]] = {
 
 def register() -> None:
     """Put the schema into Hydra's ConfigStore: ``conf/config.yaml`` starts from ``schema``, and each option
-    file of ``optim/`` and ``weights/`` from ``/schema/<group>/<option>`` (a group of its own, so the schemas
-    are not offered as choices)."""
+    file of ``optim/`` and ``weights/`` from ``schema_<group>_<option>`` (top-level names, not a group, so
+    ``--help`` does not offer the schemas as choices)."""
     store = ConfigStore.instance()
     store.store(name="schema", node=Config)
     for group, options in GROUP_OPTIONS.items():
         for option, node in options.items():
-            store.store(group=f"schema/{group}", name=option, node=node)
+            store.store(name=f"schema_{group}_{option}", node=node)
 
 
 def _section(hint: Any) -> type | None:

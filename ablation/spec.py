@@ -86,14 +86,15 @@ def weights_of(weights: dict[str, Any]) -> WeightsSpec:
 
 
 def seeds_of(run: dict[str, Any], optim: AdamSettings | LBFGSSettings) -> tuple[int, ...]:
-    """``run.seeds`` as distinct ints, or ``(run.seed,)``; L-BFGS's history would couple batched seeds."""
+    """``run.seeds`` as distinct ints, or ``(run.seed,)``; L-BFGS's history would couple batched seeds, so
+    several seeds with L-BFGS need ``run.batch_seeds=false`` (one after another)."""
     seeds = (run["seed"],) if run["seeds"] is None else tuple(run["seeds"])
     _require(bool(seeds), "run.seeds is empty: give at least one seed, or null to use run.seed")
     _require(len(set(seeds)) == len(seeds), f"run.seeds={list(seeds)} repeats a seed: each seed is one run")
     _require(
-        len(seeds) == 1 or isinstance(optim, AdamSettings),
+        len(seeds) == 1 or isinstance(optim, AdamSettings) or run["batch_seeds"] is False,
         f"run.seeds={list(seeds)} with optim=lbfgs: L-BFGS's history would couple the seeds; "
-        "batch seeds with Adam, or sweep run.seed=0,1,2 instead",
+        "batch seeds with Adam, set run.batch_seeds=false, or sweep run.seed=0,1,2 instead",
     )
     return seeds
 

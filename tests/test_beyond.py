@@ -77,9 +77,10 @@ def test_second_scale_starts_from_the_first_upsampled(vgg19_random):
     first = initial_image(stages[0].targets.content["relu4_2"].new_zeros(1, 3, 16, 16), [0])
     finals, starts, steps = {}, {}, []
     for progress in coarse_to_fine(stages, first, AdamSettings(), log_every=1, sync_every=1):
-        scale = progress.extra["scale"]
-        steps.append(progress.extra["offset"] + progress.step)
-        starts.setdefault(scale, progress.extra.get("start"))
+        scale = progress.scale
+        steps.append(progress.global_step)
+        if progress.step == 0:  # yielded before the first optimiser step: the image is the scale's start
+            starts[scale] = progress.state.image.detach().clone()
         if progress.done:
             finals[scale] = progress.state.image.detach().clone()
     assert steps == list(range(8))  # 0..3 at 16 px, then 4..7 at 24 px on one axis

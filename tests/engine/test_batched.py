@@ -104,6 +104,7 @@ def test_batched_run_logs_one_mlflow_run_per_seed(tmp_path, monkeypatch):
         f"images.styles=[{tmp_path / 'style.png'}]",
         "run.iterations=1",
         "run.seeds=[0,1]",
+        "run.batch_seeds=true",  # on a CPU seeds otherwise run one after another (see the next test)
         "run.quiet=true",
         "run.checkpoint_every=0",
         "tracking.experiment=batched",
@@ -127,3 +128,23 @@ def test_batched_run_logs_one_mlflow_run_per_seed(tmp_path, monkeypatch):
         np.testing.assert_allclose(logged.data.metrics["final_total"], alone[-1, 0, 3], rtol=1e-5)
     totals = [runs[s].data.metrics["final_total"] for s in ("0", "1")]
     assert abs(totals[0] - totals[1]) > 1e-4 * totals[0]  # the two runs are distinguishable
+
+
+def test_seeds_on_a_cpu_run_one_after_another_with_one_setup(tmp_path, monkeypatch):
+    """``run.seeds=[0,1]`` on a CPU (``run.batch_seeds`` unset): two runs of batch size 1, the network and targets
+    prepared once, and each seed's final losses exactly those of ``run.seed=<seed>`` alone."""
+    from ablation import job
+    from tests.support import config, run_overrides
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    prepared = []
+    real_prepare = job.prepare
+    monkeypatch.setattr(job, "prepare", lambda *args: prepared.append(args) or real_prepare(*args))
+    overrides = run_overrides(tmp_path, 3)
+    both = job.execute(config(overrides + ["run.seeds=[0,1]"]))["seed_results"]
+    assert len(prepared) == 1
+    assert [r["batch_size"] for r in both] == [1, 1]
+    for seed, results in enumerate(both):
+        alone = job.execute(config(overrides + [f"run.seed={seed}", "tracking.experiment=alone"]))
+        assert results["final_total"] == alone["final_total"]  # bit for bit: the same computation
+    assert both[0]["final_total"] != both[1]["final_total"]
