@@ -64,6 +64,24 @@ def test_each_variant_logs_a_complete_run(variant_runs, variant):
     assert sorted(int(path.split("+")[2]) for path in series) == [15, ITERATIONS]  # a checkpoint, the final image
 
 
+@pytest.mark.parametrize(("reading", "reference"), [("tanh_last_relu", "original"), ("vgg16_tanh_last_relu", "vgg16")])
+def test_tanh_at_the_last_relu_logs_the_references_numbers_exactly(variant_runs, reading, reference):
+    """No loss reads relu5_4 (relu5_3): the same seed gives every step's losses and the judge's bitwise equal."""
+    client, runs = variant_runs
+    for term in ("content", "style", "tv", "total"):
+        histories = [
+            [
+                (m.step, m.value)
+                for m in sorted(client.get_metric_history(runs[v].info.run_id, term), key=lambda m: m.step)
+            ]
+            for v in (reading, reference)
+        ]
+        assert len(histories[0]) == ITERATIONS + 1 and histories[0] == histories[1]
+    finals = [{k: v for k, v in runs[name].data.metrics.items() if k.startswith(("final_", "judge_"))}
+              for name in (reading, reference)]  # fmt: skip
+    assert len(finals[0]) == 8 and finals[0] == finals[1]  # final_ and judge_ content, style, tv, total
+
+
 def test_demo_without_network_stops_with_a_clear_message(tmp_path):
     env = {
         **store_env(tmp_path),
