@@ -57,7 +57,8 @@ class VariantConfig:
     pooling: Pooling = Pooling[_NET.pooling]  # type: ignore[valid-type]
     activation: Activation = Activation[_NET.activation]  # type: ignore[valid-type]
     slope: float = _NET.slope  # leaky_relu's negative slope (tf.nn.leaky_relu's default)
-    final_activation: FinalActivation | None = None  # type: ignore[valid-type]  # activation of the deepest layer read
+    final_activation: FinalActivation | None = None  # type: ignore[valid-type]  # activation of final_layer
+    final_layer: str = _NET.final_layer  # relu1_1 .. relu5_4 (vgg16: relu5_3); deeper than any loss reads: no effect
 
 
 @dataclass
