@@ -162,6 +162,7 @@ def run_params(job: Job, problem: Problem, seed: int) -> dict[str, Any]:
         "content_sha256": problem.images.sha256[0],
         "style_sha256": ",".join(problem.images.sha256[1:]),
         "truncation_layer": job.spec.last_layer,
+        "channels_last_resolved": problem.spec.engine.channels_last,
         "final_layer_activation": type(problem.net.final_layer_activation).__name__,
         "engine_version": ENGINE_VERSION,
         "batch_size": len(job.spec.seeds),
@@ -226,7 +227,8 @@ def transfer(
         run.metrics({"calibration_gflops": machine.calibration_gflops}, step=resumed.step if resumed else 0)
     stages = [Stage(p.net, p.targets, tuple(p.content.shape[-2:]), p.spec.iterations) for p in problems]
     start = resumed.image if resumed is not None else problems[0].start_image(list(spec.seeds))
-    stream = coarse_to_fine(stages, start, spec.optim, spec.log_every, int(sync_every), spec.engine, resumed)
+    engine = problems[-1].spec.engine  # resolved for the device (channels_last=auto decided)
+    stream = coarse_to_fine(stages, start, spec.optim, spec.log_every, int(sync_every), engine, resumed)
     first_new = resumed.step + 1 if resumed is not None else 0
     with tracking.scratch_dir() as scratch:
         recorder = Recorder(spec, problems, logs, Path(scratch), job.fingerprints[spec.seed], first_new, before)

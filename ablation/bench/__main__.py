@@ -37,13 +37,13 @@ from ablation.engine.prepare import pick_device
 from ablation.paths import REPORTS_DIR, variant_names
 
 CPU_DEFAULTS: dict[str, Any] = {
-    "sizes": "128,256", "variants": "all", "iters": 8, "chunk": 1, "warmup": 2, "check_iters": 300,
+    "sizes": "256", "variants": "original", "iters": 8, "chunk": 1, "warmup": 2, "check_iters": 300,
     "check_size": 128, "batch_size_px": 256, "matmul_n": 2048, "conv_side": 64,
 }  # fmt: skip
 #: What an option left out means: on a CPU, on a CUDA device, or with --quick (a smoke run on either).
 DEFAULTS = {
     "cpu": CPU_DEFAULTS,
-    "cuda": {**CPU_DEFAULTS, "sizes": "256,512,1024", "iters": 100, "chunk": 10, "matmul_n": 8192, "conv_side": 128},
+    "cuda": {**CPU_DEFAULTS, "sizes": "256,512,1024", "variants": "all", "iters": 100, "chunk": 10, "matmul_n": 8192, "conv_side": 128},
     "quick": {**CPU_DEFAULTS, "sizes": "64", "variants": "original", "iters": 3, "warmup": 1, "check_iters": 20,
               "check_size": 64, "batch_size_px": 64, "matmul_n": 512, "conv_side": 32},
 }  # fmt: skip
@@ -53,8 +53,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m ablation.bench", description=__doc__, formatter_class=RawDescription)
     add = p.add_argument
     add("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    add("--sizes", help="content widths in px, comma-separated (CPU: 128,256; CUDA: 256,512,1024)")
-    add("--variants", help=f"comma-separated, or all (the default): {', '.join(variant_names())}")
+    add("--sizes", help="content widths in px, comma-separated (CPU: 256, the targets' size; CUDA: 256,512,1024)")
+    add("--variants", help=f"comma-separated, or all (CPU: original; CUDA: all): {', '.join(variant_names())}")
     add("--precision", dest="precisions", help="CUDA: fp32,tf32,bf16; CPU: fp32,bf16 (fp32 without native bf16)")
     add("--layouts", default="nchw,nhwc", help="engine layouts: nchw, nhwc (channels_last)")
     add("--compile", action="store_true", help="also time each engine setting with torch.compile")

@@ -60,7 +60,8 @@ class EngineRunner:
 
 
 def baseline_features(network: NetworkSpec, last_read: str, weights: VGGWeights, strong: bool) -> nn.Sequential:
-    """torchvision's ``features`` (ReLU in place) with the variant's pooling, activation and final tanh and
+    """torchvision's ``features`` (ReLU in place) with the variant's pooling, activation and final tanh (at
+    ``network.final_layer``) and
     the given weights; through relu5_x with 2x2 pools rounding down, or (``strong``) truncated after
     ``last_read``, pools rounding up and every parameter frozen."""
     builder = {"vgg19": torchvision.models.vgg19, "vgg16": torchvision.models.vgg16}[network.arch]
@@ -71,9 +72,9 @@ def baseline_features(network: NetworkSpec, last_read: str, weights: VGGWeights,
     for i, (name, layer) in enumerate(zip(names[:keep], layers, strict=True)):
         if name.startswith("pool"):
             layers[i] = pool(2, 2, ceil_mode=strong)
-        if isinstance(layer, nn.ReLU) and network.activation == "leaky_relu":
-            layers[i] = nn.LeakyReLU(network.slope, inplace=True)
-        if name == last_read and network.final_activation == "tanh":
+        if isinstance(layer, nn.ReLU) and network.activation != "relu":
+            layers[i] = nn.LeakyReLU(network.slope, inplace=True) if network.activation == "leaky_relu" else nn.Tanh()
+        if name == network.final_layer and network.final_activation == "tanh":
             layers[i] = nn.Tanh()
     features = nn.Sequential(*layers)
     with torch.no_grad():
