@@ -43,7 +43,8 @@ CPU_DEFAULTS: dict[str, Any] = {
 #: What an option left out means: on a CPU, on a CUDA device, or with --quick (a smoke run on either).
 DEFAULTS = {
     "cpu": CPU_DEFAULTS,
-    "cuda": {**CPU_DEFAULTS, "sizes": "256,512,1024", "variants": "all", "iters": 100, "chunk": 10, "matmul_n": 8192, "conv_side": 128},
+    "cuda": {**CPU_DEFAULTS, "sizes": "256,512,1024", "variants": "all", "iters": 100, "chunk": 10,
+             "matmul_n": 8192, "conv_side": 128},
     "quick": {**CPU_DEFAULTS, "sizes": "64", "variants": "original", "iters": 3, "warmup": 1, "check_iters": 20,
               "check_size": 64, "batch_size_px": 64, "matmul_n": 512, "conv_side": 32},
 }  # fmt: skip
