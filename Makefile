@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The report's pair: read from ../shared/data when it exists (CI, this workspace), else downloaded.
 export ABLATION_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 DEMO_ARGS ?=
-# make sweep: EXPERIMENT=table1|table2|all, SIZE=content width px, ITER=iterations, SEEDS=0,1,2,
+# make sweep: EXPERIMENT=table1|table2|all|readings, SIZE=content width px, ITER=iterations, SEEDS=0,1,2,
 # WEIGHTS=torchvision|random|..., LAUNCHER=basic|joblib|slurm (N_JOBS for joblib), SWEEP_ARGS=more overrides
 EXPERIMENT ?= all
 SIZE ?=

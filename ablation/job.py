@@ -21,7 +21,7 @@ import torchvision
 from omegaconf import OmegaConf
 
 from ablation import fingerprint, heartbeat, tracking
-from ablation.engine import judge
+from ablation.engine import ENGINE_VERSION, hardware, judge
 from ablation.engine.checkpoint import load_checkpoint, restore_rng
 from ablation.engine.inputs import file_sha256, resolve_image
 from ablation.engine.memory import check_fits
@@ -50,6 +50,30 @@ class Job:
     weights: VGGWeights
     fingerprints: dict[int, str]
     sweep: SweepJob | None
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The machine a job runs on, and how fast it convolves: measured once at job start (about half a second).
+
+    The hardware class groups runs whose runtimes compare; the calibration puts different classes on one scale.
+    """
+
+    hardware: hardware.Hardware
+    calibration_gflops: float
+
+    @classmethod
+    def measure(cls, device: torch.device) -> Machine:
+        return cls(hardware.describe(device), hardware.calibrate(device))
+
+    def tags(self) -> dict[str, str]:
+        return {"hardware_class": self.hardware.hardware_class()}
+
+
+def resumed_hardware_class(before: str | None, now: str) -> str:
+    """The class of a run continued on ``now``: unchanged on the same class, else ``mixed: A + B`` (a run
+    whose runtime spans two machines belongs to neither's group)."""
+    return now if before in (None, now) else f"mixed: {before} + {now}"
 
 
 def seed_config(config: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -162,13 +186,16 @@ def run_params(job: Job, problem: Problem, seed: int) -> dict[str, Any]:
         "content_sha256": problem.images.sha256[0],
         "style_sha256": ",".join(problem.images.sha256[1:]),
         "truncation_layer": job.spec.last_layer,
+        "channels_last_resolved": problem.spec.engine.channels_last,
         "final_layer_activation": type(problem.net.final_layer_activation).__name__,
+        "engine_version": ENGINE_VERSION,
         "batch_size": len(job.spec.seeds),
     }
 
 
-def open_runs(job: Job, problem: Problem) -> list[tracking.RunLog]:
-    """One new MLflow run per seed, with its tags, params and resolved config."""
+def open_runs(job: Job, problem: Problem, machine: Machine) -> list[tracking.RunLog]:
+    """One new MLflow run per seed, with its tags (MLflow's provenance and the hardware class included), params
+    (the machine's included) and resolved config."""
     spec, run_name, logs = job.spec, job.config["tracking"]["run_name"], []
     for seed in spec.seeds:
         tags = {
@@ -176,6 +203,8 @@ def open_runs(job: Job, problem: Problem) -> list[tracking.RunLog]:
             "seed": str(seed),
             "weights_source": problem.weights.source,
             "fingerprint": job.fingerprints[seed],
+            **tracking.provenance_tags(),
+            **machine.tags(),
             **({"random_weights": "true"} if problem.weights.source == "random" else {}),
             **({"batch_seeds": ",".join(map(str, spec.seeds))} if len(spec.seeds) > 1 else {}),
             **(job.sweep.child_tags() if job.sweep is not None else {}),
@@ -183,39 +212,49 @@ def open_runs(job: Job, problem: Problem) -> list[tracking.RunLog]:
         }
         name = f"{run_name}-s{seed}" if run_name and len(spec.seeds) > 1 else run_name
         run = tracking.RunLog(job.client, job.experiment_id, name or f"{spec.variant}-s{seed}", tags)
-        run.params(run_params(job, problem, seed))
+        run.params({**run_params(job, problem, seed), **machine.hardware.params()})
         run.text(OmegaConf.to_yaml(OmegaConf.create(seed_config(job.config, seed))), "config.yaml")
         logs.append(run)
     return logs
 
 
-def reopen_run(job: Job, run_id: str) -> tuple[tracking.RunLog, TransferState, np.ndarray]:
-    """Reopen a KILLED/FAILED run, load its checkpoint (RNG states restored): the state and the rows before it."""
+def reopen_run(job: Job, run_id: str, machine: Machine) -> tuple[tracking.RunLog, TransferState, np.ndarray]:
+    """Reopen a KILLED/FAILED run, load its checkpoint (RNG states restored): the state and the rows before it.
+    Its hardware class becomes ``mixed`` when it continues on another class (its params keep the first machine)."""
     with tracking.scratch_dir() as scratch:
         path = fingerprint.download_checkpoint(job.client, run_id, scratch)
         state, history, payload = load_checkpoint(path, job.device)
     restore_rng(payload["rng"])
     run = tracking.RunLog.reopen(job.client, run_id)
-    count = int(run.run.data.tags.get("resume_count", "0")) + 1
-    run.tags({"resume_count": count, "resumed_from_step": state.step, **slurm_tags()})
+    tags = run.run.data.tags
+    run.tags({
+        "resume_count": int(tags.get("resume_count", "0")) + 1,
+        "resumed_from_step": state.step,
+        "hardware_class": resumed_hardware_class(tags.get("hardware_class"), machine.tags()["hardware_class"]),
+        **slurm_tags(),
+    })  # fmt: skip
     log.warning("resuming run %s from step %s", run_id, state.step)
     return run, state, history
 
 
 def transfer(
-    job: Job, problems: list[Problem], scorer: Scorer | None, previous: str | None, stop: StopRequest, setup_s: float
-) -> list[tuple[tracking.RunLog, dict[str, Any]]]:
+    job: Job, problems: list[Problem], scorer: Scorer | None, previous: str | None, stop: StopRequest, setup_s: float,
+    machine: Machine,
+) -> list[tuple[tracking.RunLog, dict[str, Any]]]:  # fmt: skip
     """Open (or reopen) the runs, stream the engine's progress through the recorder, end each run's status."""
     spec = job.spec
     sync_every = np.gcd(spec.sync_every, spec.checkpoint_every) if spec.checkpoint_every else spec.sync_every
     resumed, before = None, None
-    logs = open_runs(job, problems[-1]) if previous is None else None
+    logs = open_runs(job, problems[-1], machine) if previous is None else None
     if previous is not None:
-        run, resumed, before = reopen_run(job, previous)
+        run, resumed, before = reopen_run(job, previous, machine)
         logs = [run]
+    for run in logs:
+        run.metrics({"calibration_gflops": machine.calibration_gflops}, step=resumed.step if resumed else 0)
     stages = [Stage(p.net, p.targets, tuple(p.content.shape[-2:]), p.spec.iterations) for p in problems]
     start = resumed.image if resumed is not None else problems[0].start_image(list(spec.seeds))
-    stream = coarse_to_fine(stages, start, spec.optim, spec.log_every, int(sync_every), spec.engine, resumed)
+    engine = problems[-1].spec.engine  # resolved for the device (channels_last=auto decided)
+    stream = coarse_to_fine(stages, start, spec.optim, spec.log_every, int(sync_every), engine, resumed)
     first_new = resumed.step + 1 if resumed is not None else 0
     with tracking.scratch_dir() as scratch:
         status_every = job.config["run"]["status_every"]
@@ -272,6 +311,9 @@ def execute(config: dict[str, Any], sweep: SweepJob | None = None, stop: StopReq
     if live is not None:
         return {"status": "skipped", "run_id": live}
     previous = find_previous(job)
+    measuring = time.perf_counter()
+    machine = Machine.measure(job.device)
+    started += time.perf_counter() - measuring  # the calibration is no part of the run's time
     problems = [
         prepare(replace(job.spec, images=replace(job.spec.images, width=width), iterations=n), job.device, job.weights)
         for width, n in job.spec.stages()
@@ -280,7 +322,7 @@ def execute(config: dict[str, Any], sweep: SweepJob | None = None, stop: StopReq
     setup_s, all_results, spec = time.perf_counter() - started, [], job.spec
     for seeds in seed_batches(job):
         job.spec, batch_started = replace(spec, seeds=seeds, seed=seeds[0]), time.perf_counter()
-        for run, results in transfer(job, problems, scorer, previous, stop or StopRequest(), setup_s):
+        for run, results in transfer(job, problems, scorer, previous, stop or StopRequest(), setup_s, machine):
             results["total_s"] = setup_s + time.perf_counter() - batch_started
             run.metrics({"total_s": results["total_s"]}, step=spec.iterations)
             run.end("FINISHED")

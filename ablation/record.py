@@ -1,7 +1,8 @@
 """The recorder: consumes the engine's progress stream and writes it to MLflow.
 
-Step losses go out in batches at sync points with a heartbeat (only steps not logged before a resume or
-a hard kill, :mod:`ablation.heartbeat`), checkpoints and their images every
+Step losses go out in batches at sync points with a heartbeat (only steps not logged before a resume or a hard
+kill, :mod:`ablation.heartbeat`), checkpoints and their images (an MLflow image series, :data:`IMAGE_SERIES_KEY`,
+so MLflow's image view lines runs up by step) every
 ``run.checkpoint_every`` steps and when a stop is requested, per-scale timings and images for coarse to fine,
 and at the end the final and best images, the inputs, ``losses.csv`` and the results. One code path for a
 fresh and a resumed run: the engine's stream looks the same, only ``first_new_step`` differs.
@@ -29,6 +30,8 @@ from ablation.stopping import Interrupted, StopRequest
 from ablation.tracking import RunLog
 
 Scorer = Callable[[torch.Tensor], dict[str, float]]
+#: The MLflow image series of every run: its checkpoint images and its final image, by global step.
+IMAGE_SERIES_KEY = "output"
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -76,11 +79,16 @@ class Recorder:
         for i, log in enumerate(self.logs):
             log.artifact(save_png(self.pixels.decode(images[i : i + 1]), self.folder / str(i) / name), artifact_folder)
 
+    def log_series(self, images: torch.Tensor, step: int) -> None:
+        """Each sample's image at ``step`` in the image series :data:`IMAGE_SERIES_KEY`."""
+        for i, log in enumerate(self.logs):
+            log.image(self.pixels.decode(images[i : i + 1]), IMAGE_SERIES_KEY, step)
+
     def checkpoint(self, state: TransferState, step: int) -> None:
         """``checkpoint/state.pt`` (what a resume needs) and the images at this step."""
         path = save_checkpoint(state, np.concatenate(self.histories[0]), self.folder / "state.pt", self.fingerprint)
         self.logs[0].artifact(path, "checkpoint")
-        self.save_images(f"step_{step:06d}.png", state.image, "checkpoints")
+        self.log_series(state.image, step)
         self.logs[0].beat()
 
     def observe(self, progress: Progress) -> None:
@@ -122,6 +130,7 @@ class Recorder:
         problem = self.problems[-1]
         peak_mb = peak_memory_mb(problem.device)
         self.save_images("final.png", state.image)
+        self.log_series(state.image, self.final_step)
         self.save_images("best.png", state.best_image)
         results = []
         for i, log in enumerate(self.logs):

@@ -57,7 +57,8 @@ class VariantConfig:
     pooling: Pooling = Pooling[_NET.pooling]  # type: ignore[valid-type]
     activation: Activation = Activation[_NET.activation]  # type: ignore[valid-type]
     slope: float = _NET.slope  # leaky_relu's negative slope (tf.nn.leaky_relu's default)
-    final_activation: FinalActivation | None = None  # type: ignore[valid-type]  # activation of the deepest layer read
+    final_activation: FinalActivation | None = None  # type: ignore[valid-type]  # activation of final_layer
+    final_layer: str = _NET.final_layer  # relu1_1 .. relu5_4 (vgg16: relu5_3); deeper than any loss reads: no effect
 
 
 @dataclass
@@ -125,7 +126,7 @@ class RunConfig:
     sync_every: int = neutral(10)  # steps between host syncs: progress, metric batches, stop requests
     checkpoint_every: int = neutral(100)  # steps between checkpoints and intermediate images (0: none)
     precision: Precision = Precision.fp32  # type: ignore[valid-type,attr-defined]  # fp32 | tf32 | bf16
-    channels_last: bool = False  # NHWC activations and conv weights
+    channels_last: bool | str = "auto"  # NHWC activations and conv weights: true | false | auto (per device)
     compile: bool = False  # torch.compile the loss function
     quiet: bool = neutral(False)  # no progress bar
     status_every: int = neutral(100)  # steps between logged status lines where stderr is no terminal (SLURM, CI)

@@ -12,7 +12,7 @@ from typing import Any
 
 from ablation.engine.errors import UserError
 from ablation.engine.losses import LossWeights
-from ablation.engine.network import NetworkSpec
+from ablation.engine.network import NetworkSpec, activation_layers
 from ablation.engine.plan import ImagesSpec, RunSpec, WeightsSpec
 from ablation.engine.transfer import AdamSettings, EngineOptions, LBFGSSettings
 
@@ -27,7 +27,14 @@ def _require(ok: bool, message: str) -> None:
 
 
 def network_of(variant: dict[str, Any]) -> NetworkSpec:
-    return NetworkSpec(**{k: variant[k] for k in NetworkSpec.__dataclass_fields__})
+    """The variant's network; its ``final_layer`` must be an activation of its ``arch``."""
+    network = NetworkSpec(**{k: variant[k] for k in NetworkSpec.__dataclass_fields__})
+    layers, final = activation_layers(network.arch), network.final_layer
+    _require(
+        final in layers,
+        f"variant.final_layer={final!r}: {network.arch} has no such layer; choose one of {', '.join(layers)}",
+    )
+    return network
 
 
 def loss_of(loss: dict[str, Any]) -> LossWeights:
@@ -98,6 +105,8 @@ def check_run(run: dict[str, Any]) -> None:
     for key in ("log_every", "sync_every"):
         _require(run[key] > 0, f"run.{key}={run[key]} must be > 0")
     _require(run["checkpoint_every"] >= 0, "run.checkpoint_every must be >= 0")
+    layout = run["channels_last"]
+    _require(layout in (True, False, "auto"), f"run.channels_last={layout!r}: give true, false or auto")
     blend = run["init_noise_blend"]
     _require(blend is None or 0 <= blend <= 1, f"run.init_noise_blend={blend} must be in [0, 1]")
     scales, counts = run["scales"], run["scale_iterations"]

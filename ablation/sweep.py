@@ -113,7 +113,8 @@ class SweepCallback(Callback):
         name = OmegaConf.select(config, "hydra.runtime.choices.experiment") or "sweep"
         stamp = time.strftime("%Y%m%d-%H%M%S")
         overrides = " ".join(OmegaConf.to_container(config.hydra.overrides.task))
-        run = client.create_run(experiment_id, run_name=f"sweep-{name}-{stamp}", tags={"sweep_role": "parent"})
+        tags = {"sweep_role": "parent", **tracking.provenance_tags()}
+        run = client.create_run(experiment_id, run_name=f"sweep-{name}-{stamp}", tags=tags)
         sweep_id = f"{name}-{stamp}-{run.info.run_id[:6]}"
         client.log_batch(
             run.info.run_id,

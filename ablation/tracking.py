@@ -20,13 +20,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context import registry as run_context
+from mlflow.utils.git_utils import get_git_commit
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
 from ablation import heartbeat
 from ablation.engine.errors import UserError
-from ablation.paths import RUNS_DIR
+from ablation.paths import PROJECT_ROOT, RUNS_DIR
 
 MAX_PARAM_CHARS = 6000
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
@@ -250,6 +254,10 @@ class RunLog:
             raise ValueError(f"artifact file name {path.name!r} is not safe: use letters, digits, '.', '_', '-'")
         self.client.log_artifact(self.run_id, str(path), safe_artifact_path(folder))
 
+    def image(self, rgb: np.ndarray, key: str, step: int) -> None:
+        """One image of a series (uint8 [H, W, 3]): MLflow's image view lines runs up by ``key`` and ``step``."""
+        self.client.log_image(self.run_id, rgb, key=key, step=step)
+
     def text(self, text: str, name: str) -> None:
         """Store ``text`` as ``name`` (sanitised like :func:`safe_artifact_path`)."""
         safe = safe_artifact_path(name)
@@ -265,6 +273,21 @@ class RunLog:
             if error:
                 self.client.set_tag(self.run_id, "error", error[:5000])
             self.client.set_terminated(self.run_id, RunStatus.to_string(getattr(RunStatus, status)))
+
+
+def provenance_tags() -> dict[str, str]:
+    """MLflow's own source tags as ``mlflow.start_run`` sets them: ``mlflow.user``, ``mlflow.source.name`` and
+    ``.type``, ``mlflow.source.git.commit`` and ``.branch``.
+
+    Runs here are made with ``MlflowClient.create_run``, which sets none of them (the UI showed Source "-").
+    The commit is the project's own checkout's, not that of whatever script ``argv[0]`` names, so a job
+    started by a launcher's worker still records it.
+    """
+    tags = run_context.resolve_tags()
+    commit = get_git_commit(str(PROJECT_ROOT))
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory:

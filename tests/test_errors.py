@@ -207,3 +207,18 @@ def test_traceback_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert debug_requested({"run": {}})
     monkeypatch.setenv(_CLI_MARK, "1")
     assert not debug_requested({"run": {}})
+
+
+def test_cli_final_layer_the_architecture_lacks_is_one_line_and_an_unread_one_one_warning(tmp_path: Path) -> None:
+    done = cli(run_overrides(tmp_path) + ["variant=vgg16", "variant.final_layer=relu5_4"], tmp_path)
+    assert (done.returncode, done.stderr.strip()) == (
+        2,
+        "error: variant.final_layer='relu5_4': vgg16 has no such layer; choose one of relu1_1, relu1_2, relu2_1, "
+        "relu2_2, relu3_1, relu3_2, relu3_3, relu4_1, relu4_2, relu4_3, relu5_1, relu5_2, relu5_3",
+    )
+    done = cli(run_overrides(tmp_path, 2) + ["variant=tanh_last_relu", "judge.enabled=false"], tmp_path)
+    warned = [line for line in (done.stdout + done.stderr).splitlines() if "changes nothing" in line]  # Hydra: stdout
+    assert done.returncode == 0 and len(warned) == 1, done.stderr
+    assert warned[0].endswith(
+        "tanh at relu5_4 changes nothing: the network stops at relu5_1, the deepest layer a loss reads"
+    )

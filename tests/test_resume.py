@@ -105,7 +105,7 @@ def test_sigterm_ends_the_run_killed_with_a_checkpoint(tmp_path: Path) -> None:
     )
     try:
         deadline = time.monotonic() + 120
-        while not list(tmp_path.glob("artifacts/*/artifacts/checkpoints/*.png")):
+        while not list(tmp_path.glob("artifacts/*/artifacts/images/output+step+*.png")):
             assert proc.poll() is None and time.monotonic() < deadline, "the run ended or stalled before step 2"
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)

@@ -65,5 +65,6 @@ def test_defaults_are_the_engines_which_are_upstreams() -> None:
     network = {k: config["variant"][k] for k in vars(NetworkSpec())}
     assert network == vars(NetworkSpec()) == {
         "arch": "vgg19", "pooling": "max", "activation": "relu", "slope": 0.2, "final_activation": None,
+        "final_layer": "relu5_1",
     }  # fmt: skip
     assert config["run"]["iterations"] == 1000 and config["images"]["width"] is None

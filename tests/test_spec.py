@@ -37,12 +37,36 @@ def test_defaults_are_upstreams():
         ({"loss.content_blend": 1.5}, "loss.content_blend=1.5 must be in [0, 1]"),
         ({"images.style_blend": "[0,0]", "images.styles": "[a.jpg,b.jpg]"}, "sums to 0"),
         ({"images.width": -3}, "images.width=-3 must be > 0"),
+        (
+            {"variant.arch": "vgg16", "variant.final_layer": "relu5_4"},
+            "variant.final_layer='relu5_4': vgg16 has no such layer; choose one of relu1_1, relu1_2, relu2_1, "
+            "relu2_2, relu3_1, relu3_2, relu3_3, relu4_1, relu4_2, relu4_3, relu5_1, relu5_2, relu5_3",
+        ),
         ({"optim": "lbfgs", "run.seeds": "[0,1]"}, "L-BFGS's history would couple the seeds"),
     ],
 )
 def test_bad_values_are_named(override, message):
     with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("(", r"\(")):
         from_config(config_for(**override))
+
+
+@pytest.mark.parametrize("variant", sorted(p.stem for p in (CONF_DIR / "variant").glob("*.yaml")))
+def test_every_variant_file_composes_into_a_spec_named_after_it(variant):
+    spec = from_config(config_for(variant))
+    assert spec.variant == variant and spec.network.final_layer in ("relu5_1", "relu5_3", "relu5_4")
+
+
+def test_readings_sweep_every_reading_and_its_references():
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=readings"], return_hydra_config=True)
+    variants = cfg.hydra.sweeper.params["variant"].split(",")
+    readings = [v for v in variants if v.startswith(("tanh_", "vgg16_tanh_"))]
+    assert sorted(readings) == sorted(
+        ["tanh_final", "tanh_avg_pool", "tanh_last_relu", "tanh_every_conv"]
+        + ["vgg16_tanh_avg_pool", "vgg16_tanh_last_relu", "vgg16_tanh_every_conv"]
+    )
+    assert {"original", "avg_pool", "vgg16", "vgg16_tanh"} <= set(variants) and len(variants) == 11
+    assert all((CONF_DIR / "variant" / f"{v}.yaml").is_file() for v in variants)
 
 
 def test_variants_are_data():
@@ -56,6 +80,7 @@ def test_variants_are_data():
     ("override", "message"),
     [
         ("variant.pooling=median", "variant.pooling='median': choose one of max, avg"),
+        ("variant.activation=gelu", "variant.activation='gelu': choose one of relu, leaky_relu, tanh"),
         ("run.precision=fp8", "run.precision='fp8': choose one of fp32, tf32, bf16"),
         ("run.iterations=abc", "run.iterations='abc' is not an integer"),
     ],

@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ablation import fingerprint, report, sweep
+from ablation.engine import ENGINE_VERSION
 from tests.support import run_sweep, store_env, sweep_command
 
 CONFIG = {
@@ -54,9 +55,17 @@ def test_fingerprint_changes_with_what_determines_the_result():
         fp(weights="other weights"),
         fp(images=("c", "other style")),
         fp(device="cuda"),
+        fingerprint.fingerprint(CONFIG, "w", ["c", "s"], "cpu", engine_version=ENGINE_VERSION + 1),
     ]
     assert len({base, *changed}) == 1 + len(changed)  # all distinct
     assert len(base) == 64 and int(base, 16) >= 0  # a SHA-256 hex digest
+
+
+def test_fingerprint_holds_the_engine_version_and_the_device_type_not_the_machine():
+    payload = fingerprint.fingerprint_payload(CONFIG, "w", ["c", "s"], "cuda")
+    assert payload["fingerprint.engine_version"] == str(ENGINE_VERSION)
+    assert payload["fingerprint.device"] == "cuda"  # an H100 and an A100 share losses; runtimes are grouped by class
+    assert not {"hardware_class", "hostname", "gpu_name", "calibration_gflops"} & {k.split(".")[-1] for k in payload}
 
 
 def test_summary_names_failed_and_lost_jobs():
@@ -139,6 +148,8 @@ def test_killed_sweep_reruns_only_the_missing_jobs(resumed):
     ran = [r for r in resumed["after_second"] if r.info.run_id not in skipped_ids]
     parent = json.loads((resumed["folder"] / "resumed" / sweep.PARENT_FILE).read_text())
     assert {r.data.tags["mlflow.parentRunId"] for r in ran} == {parent["parent_run_id"]}
+    parent_tags = client_for(resumed["folder"]).get_run(parent["parent_run_id"]).data.tags
+    assert len(parent_tags["mlflow.source.git.commit"]) == 40 and parent_tags["mlflow.user"]  # provenance, as children
     assert {(r.data.tags["variant"], r.data.tags["seed"]) for r in resumed["after_second"]} == {
         (v, s) for v in ("original", "vgg16_tanh") for s in ("0", "1")
     }

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
+from ablation.engine.backends import resolve_options, set_layout
 from ablation.engine.images import PixelSpace
 from ablation.engine.losses import LossWeights
 from ablation.engine.network import NetworkSpec, VGGFeatures
 from ablation.engine.prepare import Problem, build_network
-from ablation.engine.transfer import LOSS_NAMES, Targets, compute_targets, loss_terms
+from ablation.engine.transfer import LOSS_NAMES, EngineOptions, Targets, compute_targets, loss_terms
 from ablation.engine.weights import VGGWeights, load_weights
 
 #: The judge network: the report's original model.
@@ -38,6 +39,7 @@ class Judge:
     targets: Targets
     pixels: PixelSpace
     content_rgb: np.ndarray  # uint8 [H, W, 3], the resized content the output is compared with
+    options: EngineOptions = EngineOptions()  # fp32 always; the run's memory layout
 
 
 def judge_weights(problem: Problem, weights_path: str | None = None) -> VGGWeights:
@@ -57,14 +59,17 @@ def build_judge(problem: Problem, weights: VGGWeights, loss: LossWeights | None 
     """The original network on ``problem``'s inputs and style blend, targets computed once.
 
     ``loss`` fixes the judge's loss weights (tuning varies the run's own); by default they are the run's.
+    The judge scores in fp32 and in the run's (resolved) memory layout, so an ``original`` run's own final
+    losses come out to the last bit.
     """
+    options = EngineOptions(channels_last=resolve_options(problem.spec.engine, problem.device).channels_last)
     spec = replace(problem.spec, network=JUDGE_NETWORK, loss=loss or problem.spec.loss)
-    net = build_network(spec, weights, problem.device)
+    net = set_layout(build_network(spec, weights, problem.device), options)
     pixels = PixelSpace(weights.mean_pixel)
     content = pixels.encode(problem.images.content, problem.device)
     styles = [pixels.encode(s, problem.device) for s in problem.images.styles]
     targets = compute_targets(net, content, styles, spec.loss, spec.images.style_blend)
-    return Judge(net, targets, pixels, problem.images.content)
+    return Judge(net, targets, pixels, problem.images.content, options)
 
 
 @torch.no_grad()
@@ -76,7 +81,7 @@ def score(judge: Judge, image: torch.Tensor, image_pixels: PixelSpace) -> dict[s
     the resized content photo (data range 255, colour channels averaged).
     """
     x = image_pixels.convert(image.detach().float(), judge.pixels)
-    terms = loss_terms(judge.net, x, judge.targets)[0].cpu().numpy()
+    terms = loss_terms(judge.net, x, judge.targets, judge.options)[0].cpu().numpy()
     output_rgb = image_pixels.decode(image)
     ssim = structural_similarity(output_rgb, judge.content_rgb, channel_axis=2, data_range=255)
     return {**{f"judge_{k}": float(v) for k, v in zip(LOSS_NAMES, terms, strict=True)}, "ssim_content": float(ssim)}

@@ -26,7 +26,7 @@ import torch
 from ablation.engine.errors import UserError
 from ablation.engine.images import content_size, image_size_wh, style_size
 from ablation.engine.inputs import resolve_image
-from ablation.engine.network import STAGE_CHANNELS, conv_shapes, layer_names
+from ablation.engine.network import STAGE_CHANNELS, conv_shapes, layer_shapes
 from ablation.engine.plan import RunSpec
 
 FLOAT_BYTES = 4
@@ -48,16 +48,8 @@ class Estimate:
 
 
 def layer_sizes(arch: str, last_layer: str, height: int, width: int) -> list[tuple[str, int]]:
-    """(layer name, elements per image) for every layer up to ``last_layer``; pools halve with ceil (SAME)."""
-    channels = {name: out for name, _, out in conv_shapes(arch)}
-    sizes, h, w, c = [], height, width, 3
-    for name in layer_names(arch)[: layer_names(arch).index(last_layer) + 1]:
-        if name.startswith("pool"):
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
-        elif name.startswith("conv"):
-            c = channels[name]
-        sizes.append((name, c * h * w))
-    return sizes
+    """(layer name, elements per image) for every layer up to ``last_layer`` (the network's shape walk)."""
+    return [(layer.name, layer.elements) for layer in layer_shapes(arch, last_layer, height, width)]
 
 
 def transfer_bytes(

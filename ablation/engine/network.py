@@ -7,6 +7,7 @@ live here and nowhere else: index ``i`` of :func:`layer_names` is module ``featu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -21,10 +22,12 @@ ARCHITECTURES: dict[str, tuple[int, ...]] = {
 STAGE_CHANNELS = (64, 128, 256, 512, 512)
 #: The choices a variant has (the config schema offers exactly these).
 POOLINGS = ("max", "avg")
-ACTIVATIONS = ("relu", "leaky_relu")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh")  # tanh: after every conv
 FINAL_ACTIVATIONS = ("tanh",)
 #: Smallest input side for which every stage still has at least one pixel through relu5_x.
 MIN_IMAGE_SIDE_PX = 16
+
+log = logging.getLogger(__name__)
 
 
 def layer_names(arch: str) -> list[str]:
@@ -42,6 +45,11 @@ def layer_names(arch: str) -> list[str]:
     return names[:-1]  # upstream (and every loss) stops at relu5_x; pool5 is never read
 
 
+def activation_layers(arch: str) -> list[str]:
+    """The layers whose activation a variant may replace (relu1_1 ... relu5_x), in network order."""
+    return [name for name in layer_names(arch) if name.startswith("relu")]
+
+
 def conv_shapes(arch: str) -> list[tuple[str, int, int]]:
     """(name, in_channels, out_channels) of every conv in network order."""
     shapes, in_ch = [], 3
@@ -54,14 +62,57 @@ def conv_shapes(arch: str) -> list[tuple[str, int, int]]:
 
 
 @dataclass(frozen=True)
+class LayerShape:
+    """One layer's output for one image: channels x height x width (and, for a conv, its input channels)."""
+
+    name: str
+    in_channels: int
+    channels: int
+    height: int
+    width: int
+
+    @property
+    def elements(self) -> int:
+        return self.channels * self.height * self.width
+
+
+def layer_shapes(arch: str, last_layer: str, height: int, width: int, ceil_pool: bool = True) -> list[LayerShape]:
+    """Every layer up to ``last_layer`` for a ``height`` x ``width`` input, with its output shape.
+
+    The one shape walk: the memory estimate and the benchmark's FLOP count both read it. 3x3 convs with
+    padding 1 keep the size; pools halve it, rounding up (TensorFlow 'SAME', this network) or down
+    (``ceil_pool=False``: torchvision's default, which tutorials run).
+    """
+    names = layer_names(arch)
+    if last_layer not in names:
+        raise ValueError(f"{arch} has no layer {last_layer!r}")
+    out_channels = {name: out for name, _, out in conv_shapes(arch)}
+    shapes, channels, h, w = [], 3, height, width
+    for name in names[: names.index(last_layer) + 1]:
+        in_channels = channels
+        if name.startswith("pool"):
+            h, w = ((h + 1) // 2, (w + 1) // 2) if ceil_pool else (h // 2, w // 2)
+        elif name.startswith("conv"):
+            channels = out_channels[name]
+        shapes.append(LayerShape(name, in_channels, channels, h, w))
+    return shapes
+
+
+@dataclass(frozen=True)
 class NetworkSpec:
-    """The knobs a variant turns: architecture, pooling, activation, and an optional final activation."""
+    """The knobs a variant turns: architecture, pooling, activation, and an optional final activation.
+
+    ``final_activation`` replaces the activation of one named layer, ``final_layer``, which stays put whatever
+    the loss weights read (the report's "tanh with the final layer" is ambiguous, so its place is a knob).
+    Tanh after every conv is ``activation="tanh"``: the activation every layer gets.
+    """
 
     arch: str = "vgg19"
     pooling: str = "max"  # max | avg
-    activation: str = "relu"  # relu | leaky_relu
+    activation: str = "relu"  # relu | leaky_relu | tanh
     slope: float = 0.2  # leaky_relu only; TensorFlow's tf.nn.leaky_relu default
-    final_activation: str | None = None  # None | tanh: replaces the activation of the deepest read layer
+    final_activation: str | None = None  # None | tanh: replaces the activation of final_layer
+    final_layer: str = "relu5_1"  # one of activation_layers(arch)
 
 
 def _activation(kind: str, slope: float) -> nn.Module:
@@ -71,7 +122,7 @@ def _activation(kind: str, slope: float) -> nn.Module:
         return nn.LeakyReLU(slope)
     if kind == "tanh":
         return nn.Tanh()
-    raise ValueError(f"unknown activation {kind!r}: choose relu, leaky_relu or tanh")
+    raise ValueError(f"unknown activation {kind!r}: choose one of {', '.join(ACTIVATIONS)}")
 
 
 def _pool(kind: str) -> nn.Module:
@@ -90,6 +141,31 @@ def deepest(arch: str, layers: Iterable[str]) -> str:
     if missing:
         raise ValueError(f"{arch} has no layer {missing[0]!r}")
     return max(layers, key=order.__getitem__)
+
+
+def final_activation_layer(spec: NetworkSpec, last_layer: str) -> str | None:
+    """Where ``spec.final_activation`` goes in a network truncated after ``last_layer``; None when nowhere.
+
+    A final layer deeper than ``last_layer`` is allowed (no loss reads it, so it cannot change a number) and
+    logged as a warning, since a variant that asks for it is then the same as one without it.
+    """
+    choices = activation_layers(spec.arch)
+    if spec.final_layer not in choices:
+        raise ValueError(
+            f"{spec.arch} has no layer {spec.final_layer!r} to put the final activation at: "
+            f"choose one of {', '.join(choices)}"
+        )
+    if spec.final_activation is None:
+        return None
+    if spec.final_layer not in layer_names(spec.arch)[: layer_names(spec.arch).index(last_layer) + 1]:
+        log.warning(
+            "%s at %s changes nothing: the network stops at %s, the deepest layer a loss reads",
+            spec.final_activation,
+            spec.final_layer,
+            last_layer,
+        )
+        return None
+    return spec.final_layer
 
 
 class VGGFeatures(nn.Module):
@@ -112,9 +188,7 @@ class VGGFeatures(nn.Module):
         self.spec = spec
         self.last_layer = last_layer
         self.names = names[: names.index(last_layer) + 1]
-        final_relu = last_layer if spec.final_activation else None
-        if final_relu is not None and not final_relu.startswith("relu"):
-            raise ValueError(f"final activation needs a relu layer, got {final_relu!r}")
+        final_relu = final_activation_layer(spec, last_layer)
         shapes = {name: (i, o) for name, i, o in conv_shapes(spec.arch)}
         conv_iter = iter(convs)
         layers: list[nn.Module] = []

@@ -5,13 +5,13 @@ No Hydra or MLflow here, so the run, the benchmark, the judge and a notebook sha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ablation.engine.backends import configure_backends, set_layout
+from ablation.engine.backends import configure_backends, resolve_options, set_layout
 from ablation.engine.colors import match_colors
 from ablation.engine.errors import DeviceError
 from ablation.engine.images import ImageError, PixelSpace, content_size, read_rgb, resize, style_size
@@ -104,7 +104,9 @@ def build_network(spec: RunSpec, weights: VGGWeights, device: torch.device) -> V
 
 def prepare(spec: RunSpec, device: torch.device, weights: VGGWeights | None = None) -> Problem:
     """Load weights (unless given) and images, set the backend flags, build the truncated network in the
-    engine's memory layout, compute the targets."""
+    engine's memory layout, compute the targets. The problem's ``spec.engine`` is resolved for ``device``
+    (``channels_last`` a bool): run and record that one."""
+    spec = replace(spec, engine=resolve_options(spec.engine, device))
     images = load_images(spec.images, spec.match_style_colors)  # first: a bad image is refused before weights
     if weights is None:
         weights = load_weights(spec.weights.source, spec.network.arch, **spec.weights.options)

@@ -63,14 +63,15 @@ class LBFGSSettings:
 class EngineOptions:
     """Speed settings that do not change what is computed, except ``precision`` (fp32 | tf32 | bf16).
 
-    ``channels_last``: NHWC activations and conv weights (``speed.set_layout``); ``compile``: the loss
+    ``channels_last``: NHWC activations and conv weights (``backends.set_layout``), or ``"auto"``, which
+    ``backends.resolve_options`` turns into a bool for the device before a run; ``compile``: the loss
     function (network, Grams, losses) through ``torch.compile``. Convolutions dominate and compile calls
     the same conv kernels, so it can only save launches and elementwise passes: measured no gain on a
     CPU (``python -m ablation.bench --compile`` says whether it pays on a given GPU).
     """
 
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool | str = False  # True | False | "auto"
     compile: bool = False
 
 
@@ -116,7 +117,8 @@ def loss_terms(
     w = targets.weights
     batch = image.shape[0]
     zero = image.new_zeros(batch)
-    net_input = image.contiguous(memory_format=torch.channels_last) if options.channels_last else image
+    nhwc = options.channels_last is True  # "auto" not yet resolved: the input keeps its layout
+    net_input = image.contiguous(memory_format=torch.channels_last) if nhwc else image
     autocast = torch.autocast(image.device.type, dtype=torch.bfloat16) if options.precision == "bf16" else nullcontext()
     with autocast:
         feats = net(net_input, w.read_layers())

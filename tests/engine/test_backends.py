@@ -8,7 +8,14 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 
 from ablation import schema
-from ablation.engine.backends import configure_backends, native_bf16, set_layout, uses_layout
+from ablation.engine.backends import (
+    configure_backends,
+    native_bf16,
+    prefers_channels_last,
+    resolve_options,
+    set_layout,
+    uses_layout,
+)
 from ablation.engine.losses import LossWeights, gram
 from ablation.engine.network import NetworkSpec, VGGFeatures
 from ablation.engine.transfer import EngineOptions, compute_targets, initial_image, loss_terms
@@ -141,3 +148,13 @@ def test_gram_and_its_symmetric_backward_equal_the_plain_product(layout):
     (expected * weights).sum().backward()
     torch.testing.assert_close(features.grad, plain.grad, rtol=1e-12, atol=1e-15)
     assert features.grad.is_contiguous(memory_format=layout)  # no layout change on the way back
+
+
+def test_channels_last_auto_resolves_per_device_before_the_run():
+    """auto: NHWC on a oneDNN CPU (measured faster there), NCHW elsewhere; an explicit choice is kept."""
+    cpu, auto = torch.device("cpu"), EngineOptions(channels_last="auto")
+    assert resolve_options(auto, cpu).channels_last is torch.backends.mkldnn.is_available()
+    assert prefers_channels_last(torch.device("meta")) is False
+    assert resolve_options(EngineOptions(channels_last=False), cpu).channels_last is False
+    with pytest.raises(ValueError, match="resolve it first"):
+        set_layout(VGGFeatures(NetworkSpec(), random_weights("vgg19").convs, "relu1_1"), auto)

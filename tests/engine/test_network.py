@@ -1,11 +1,15 @@
 """Each variant builds exactly the expected modules: pooling, activations, the tanh, the truncation point."""
 
+import logging
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from ablation.engine.losses import LossWeights
-from ablation.engine.network import NetworkSpec, VGGFeatures, deepest, layer_names
+from ablation.engine.network import NetworkSpec, VGGFeatures, deepest, layer_names, layer_shapes
+from ablation.engine.transfer import compute_targets, initial_image, new_state, stylize
 from ablation.spec import from_config
 from tests.test_spec import config_for
 
@@ -48,10 +52,62 @@ def test_variant_modules(variant, vgg19_random, vgg16_random):
     assert n_convs == (11 if arch == "vgg16" else 13)  # conv1_1..conv5_1: 2+2+3+3+1 or 2+2+4+4+1
 
 
-def test_tanh_follows_the_deepest_read_layer(vgg19_random, vgg16_random):
+def test_tanh_stays_at_final_layer_whatever_the_losses_read(vgg19_random, vgg16_random):
+    # content_blend 0.5 reads relu5_2 too, so the network grows to relu5_2; tanh stays at relu5_1
     net = build("tanh_final", vgg19_random, vgg16_random, **{"loss.content_blend": 0.5})
-    assert net.names[-1] == "relu5_2" and isinstance(net.layers[-1], nn.Tanh)
-    assert isinstance(net.layers[net.names.index("relu5_1")], nn.ReLU)
+    assert net.names[-1] == "relu5_2" and isinstance(net.layers[-1], nn.ReLU)
+    assert isinstance(net.layers[net.names.index("relu5_1")], nn.Tanh)
+    moved = build("tanh_final", vgg19_random, vgg16_random, **{"variant.final_layer": "relu3_1"})
+    tanhs = [name for name, layer in zip(moved.names, moved.layers, strict=True) if isinstance(layer, nn.Tanh)]
+    assert tanhs == ["relu3_1"]
+
+
+@pytest.mark.parametrize("variant", ["tanh_every_conv", "vgg16_tanh_every_conv"])
+def test_tanh_after_every_conv(variant, vgg19_random, vgg16_random):
+    net = build(variant, vgg19_random, vgg16_random)
+    acts = [layer for name, layer in zip(net.names, net.layers, strict=True) if name.startswith("relu")]
+    # relu1_1..relu5_1, the network stops there: 2+2+3+3+1 or 2+2+4+4+1 activations
+    assert len(acts) == (11 if variant.startswith("vgg16") else 13) and all(isinstance(a, nn.Tanh) for a in acts)
+
+
+def test_final_layer_deeper_than_any_read_changes_no_module_and_warns(vgg19_random, vgg16_random, caplog):
+    with caplog.at_level(logging.WARNING, logger="ablation.engine.network"):
+        net = build("tanh_last_relu", vgg19_random, vgg16_random)
+    assert not any(isinstance(layer, nn.Tanh) for layer in net.layers)
+    (record,) = caplog.records
+    assert (
+        record.getMessage()
+        == "tanh at relu5_4 changes nothing: the network stops at relu5_1, the deepest layer a loss reads"
+    )
+
+
+def test_final_layer_the_architecture_lacks_is_refused_naming_the_choices(vgg19_random):
+    with pytest.raises(ValueError, match=r"vgg16 has no layer 'relu5_4'.*choose one of relu1_1, .*, relu5_3$"):
+        VGGFeatures(NetworkSpec(arch="vgg16", final_layer="relu5_4"), vgg19_random.convs, "relu5_1")
+
+
+def _losses(variant: str, weights, iterations: int = 4) -> np.ndarray:
+    """Losses [steps, 1, 4] of a few Adam steps of ``variant`` on a seeded 24x32 pair in pixel space."""
+    spec = from_config(config_for(variant))
+    net = VGGFeatures(spec.network, weights.convs, spec.last_layer)
+    noise = torch.Generator().manual_seed(1)
+    content = torch.randn(1, 3, 24, 32, generator=noise) * 60.0
+    style = torch.randn(1, 3, 32, 32, generator=noise) * 60.0
+    targets = compute_targets(net, content, [style], spec.loss)
+    state = new_state(initial_image(content, [0]))
+    return np.concatenate([p.losses for p in stylize(net, targets, state, iterations, sync_every=2)])
+
+
+@pytest.mark.parametrize(("reading", "reference"), [("tanh_last_relu", "original"), ("vgg16_tanh_last_relu", "vgg16")])
+def test_tanh_at_the_last_relu_equals_no_tanh_exactly(reading, reference, vgg19_random, vgg16_random):
+    """No loss reads relu5_4 (relu5_3 in VGG16): the network stops at relu5_1, so every loss of every step is
+    bitwise the reference's (rtol 0), and the loop really ran (the total falls)."""
+    weights = vgg16_random if reading.startswith("vgg16") else vgg19_random
+    reading_losses, reference_losses = _losses(reading, weights), _losses(reference, weights)
+    assert reading_losses.shape == (5, 1, 4)
+    np.testing.assert_array_equal(reading_losses, reference_losses)
+    assert reading_losses[-1, 0, 3] < reading_losses[0, 0, 3]
+    assert not np.array_equal(_losses("tanh_final", vgg19_random)[1:], _losses("original", vgg19_random)[1:])
 
 
 def test_leaky_slope_is_configurable(vgg19_random, vgg16_random):
@@ -76,3 +132,12 @@ def test_deepest_and_errors():
     assert deepest("vgg19", LossWeights().read_layers()) == "relu5_1"
     with pytest.raises(ValueError, match="relu5_4"):
         deepest("vgg16", ["relu5_4"])
+
+
+def test_layer_shapes_walk_by_hand():
+    # 33x17 through relu2_1: conv1_x keep 33x17 at 64 ch, pool1 rounds up to 17x9, conv2_1 makes 128 ch
+    shapes = layer_shapes("vgg19", "relu2_1", 33, 17)
+    assert [s.name for s in shapes] == ["conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1", "conv2_1", "relu2_1"]
+    assert (shapes[0].in_channels, shapes[0].channels, shapes[0].height, shapes[0].width) == (3, 64, 33, 17)
+    assert (shapes[4].height, shapes[4].width, shapes[5].in_channels, shapes[5].elements) == (17, 9, 64, 128 * 17 * 9)
+    assert layer_shapes("vgg19", "pool1", 33, 17, ceil_pool=False)[-1].height == 16  # torchvision's default

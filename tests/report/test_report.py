@@ -9,83 +9,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.entities import Metric, Param, RunStatus
-from PIL import Image
+from mlflow.tracking import MlflowClient
 
-from ablation import report, sweep, tracking
+from ablation import report
+from ablation.report.formats import format_cell, format_number, format_runtime, percent_change
+from tests.report.store import FakeRun, build_store
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "report"
-START_MS = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC
 #: variant -> per seed: (content, style, tv, runtime_s); judge = own losses * 1.5 except for original
 RUNS = {
     "original": [(1000.0, 3000.0, 200.0, 61.0), (1100.0, 2900.0, 220.0, 63.0)],
     "avg_pool": [(100.0, 400.0, 50.0, 58.0), (120.0, 380.0, 54.0, 60.0)],
     "vgg16_tanh": [(50.0, 20.0, 60.0, 40.0), (70.0, 24.0, 64.0, 42.0)],
 }
+FAKE_RUNS = [
+    FakeRun(variant, seed, *values, judge_factor=1.0 if variant == "original" else 1.5)
+    for variant, seeds in RUNS.items()
+    for seed, values in enumerate(seeds)
+]
 
 
-def build_store(folder: Path) -> tuple[dict[str, str], str]:
+def build_golden_store(folder: Path) -> tuple[dict[str, str], str]:
     """A parent run and six child runs with fixed values, times and images, as a sweep would leave them."""
-    client, experiment_id = tracking.open_store("nst-ablation")
-    parent = client.create_run(
-        experiment_id, start_time=START_MS, run_name="sweep-golden", tags={"sweep_role": "parent"}
-    )
-    parent_id = parent.info.run_id
-    client.set_tag(parent_id, "sweep_id", "golden-sweep")
-    client.set_tag(parent_id, "sweep_overrides", "experiment=all weights=random run.seed=0,1")
-    rng = np.random.default_rng(0)
-    image = folder / "img"
-    image.mkdir()
-    Image.fromarray(rng.integers(0, 255, (20, 16, 3), dtype=np.uint8)).save(image / "content.png")
-    Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(image / "style_0.png")
-    ids = {}
-    job = 0
-    for variant, seeds in RUNS.items():
-        for seed, (content, style, tv, runtime_s) in enumerate(seeds):
-            total = content + style + tv
-            tags = {"variant": variant, "seed": str(seed), "weights_source": "random", "mlflow.parentRunId": parent_id}
-            run = client.create_run(
-                experiment_id, start_time=START_MS + 1000 * job, tags=tags, run_name=f"{variant}-s{seed}"
-            )
-            run_id = run.info.run_id
-            ids[run_id] = f"<{variant}-s{seed}>"
-            factor = 1.0 if variant == "original" else 1.5
-            finals = {"content": content, "style": style, "tv": tv, "total": total}
-            metrics = {f"final_{k}": v for k, v in finals.items()}
-            metrics |= {f"judge_{k}": v * factor for k, v in finals.items()}
-            metrics |= {"ssim_content": 0.5 - 0.1 * job / 6, "total_s": runtime_s, "loop_s": runtime_s - 1}
-            history = [Metric("total", total * (4 - step), START_MS, step) for step in range(4)]
-            client.log_batch(
-                run_id,
-                metrics=[Metric(k, v, START_MS, 3) for k, v in metrics.items()] + history,
-                params=[
-                    Param(k, v)
-                    for k, v in {
-                        "device": "cpu",
-                        "torch_version": "2.14.1",
-                        "torchvision_version": "0.29.1",
-                        "weights_source": "random",
-                        "weights_sha256": ("ab" if variant == "vgg16_tanh" else "cd") * 32,
-                        "content_size_wh": "16x20",
-                        "style_sizes_wh": "16x12",
-                        "run.iterations": "3",
-                        "run.precision": "fp32",
-                    }.items()
-                ],
-            )
-            Image.fromarray(np.full((20, 16, 3), 40 * job, dtype=np.uint8)).save(image / "final.png")
-            client.log_artifact(run_id, str(image / "final.png"))
-            client.log_artifact(run_id, str(image / "content.png"), "inputs")
-            client.log_artifact(run_id, str(image / "style_0.png"), "inputs")
-            client.set_terminated(run_id, "FINISHED", end_time=START_MS + 1000 * job + 500)
-            job_record = sweep.SweepJob(parent_id, "golden-sweep", experiment_id, job)
-            sweep.record_job(
-                client, job_record, {"status": "finished", "run_id": run_id, "variant": variant, "seed": seed}
-            )
-            job += 1
-    client.set_terminated(parent_id, RunStatus.to_string(RunStatus.FINISHED), end_time=START_MS + 9000)
-    ids[parent_id] = "<parent>"
-    return ids, parent_id
+    return build_store(folder, FAKE_RUNS, "golden-sweep", "experiment=all weights=random run.seed=0,1")
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +40,7 @@ def written(tmp_path_factory):
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
     try:
-        ids, parent_id = build_store(folder)
+        ids, parent_id = build_golden_store(folder)
         assert report.main(["--out", str(folder / "a")]) == 0
         assert report.main(["--sweep", parent_id, "--out", str(folder / "b")]) == 0
     finally:
@@ -110,7 +56,7 @@ def normalised(path: Path, ids: dict[str, str]) -> str:
     return re.sub(r"[0-9a-f]{32}", lambda m: ids.get(m[0], m[0]), path.read_text())
 
 
-@pytest.mark.parametrize("name", ["report.md", "table1.csv", "table2.csv", "judge.csv"])
+@pytest.mark.parametrize("name", ["report.md", "table1.csv", "table2.csv", "judge.csv", "claims.csv", "runtimes.csv"])
 def test_report_matches_the_golden_files(written, name):
     folder, ids = written
     text = normalised(folder / "a" / "golden-sweep" / name, ids)
@@ -124,7 +70,11 @@ def test_same_runs_give_the_same_files(written):
     folder, _ = written
     first, second = folder / "a" / "golden-sweep", folder / "b" / "golden-sweep"
     names = sorted(p.name for p in first.iterdir())
-    assert names == ["curves.png", "grid.png", "judge.csv", "report.md", "runs.csv", "table1.csv", "table2.csv"]
+    # issue 10 adds claims.csv, runtimes.csv and report.html to the files of issue 9's report
+    assert names == [
+        "claims.csv", "curves.png", "grid.png", "judge.csv", "report.html", "report.md", "runs.csv", "runtimes.csv",
+        "table1.csv", "table2.csv",
+    ]  # fmt: skip
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
@@ -146,10 +96,10 @@ def test_numbers_are_the_stored_ones(written):
 
 
 def test_formats_follow_the_report():
-    assert report.format_runtime(2279) == "37 min 59 sec"
-    assert report.format_number(1656280) == "1.65628e+06"
-    assert report.format_cell(864545.0, float("nan")) == "864545"
-    assert report.percent_change(152630, 1191920) == pytest.approx(-87.1946, abs=1e-4)  # "decreased 87.1946 %"
+    assert format_runtime(2279) == "37 min 59 sec"
+    assert format_number(1656280) == "1.65628e+06"
+    assert format_cell(864545.0, float("nan")) == "864545"
+    assert percent_change(152630, 1191920) == pytest.approx(-87.1946, abs=1e-4)  # "decreased 87.1946 %"
 
 
 def test_unknown_sweep_is_one_clear_error(written, capsys, monkeypatch):
@@ -158,3 +108,46 @@ def test_unknown_sweep_is_one_clear_error(written, capsys, monkeypatch):
     assert report.main(["--sweep", "nope", "--out", str(folder / "c")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--sweep 'nope' is not a sweep" in err[0] and "golden-sweep" in err[0]
+
+
+def test_runtimes_under_a_minute_show_seconds_with_decimals():
+    assert format_runtime(2.314) == "2.31 s"  # not "0 min 2 sec"
+    assert format_runtime(59.994) == "59.99 s"
+    assert format_runtime(60) == "1 min 0 sec"
+    assert format_cell(41.0, np.std([40, 42], ddof=1), runtime=True) == "41.00 s ± 1.41 s"
+    assert format_cell(62.0, np.std([61, 63], ddof=1), runtime=True) == "1 min 2 sec ± 1 sec"
+
+
+def test_variant_keys_stand_beside_their_names(written):
+    folder, _ = written
+    text = (folder / "a" / "golden-sweep" / "report.md").read_text()
+    assert "| Variants | `original` Original model, `avg_pool` Average pooling, `vgg16_tanh` VGG16 + tanh |" in text
+    assert "| Average pooling (`avg_pool`) | 0 | `" in text  # the runs table
+
+
+def test_report_html_is_self_contained(written):
+    folder, _ = written
+    page = (folder / "a" / "golden-sweep" / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count('src="data:image/png;base64,') == 2  # grid and curves
+    assert 'src="grid.png"' not in page and "<h2>Does the report hold?</h2>" in page
+    assert "<strong>WARNING: random weights.</strong>" in page
+    assert '<td style="text-align:right">1050 ± 70.7</td>' in page  # Table 1, original's content loss
+
+
+def test_report_is_published_to_the_sweeps_parent_run(written):
+    folder, ids = written
+    parent_id = next(run_id for run_id, name in ids.items() if name == "<parent>")
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    published = {Path(f.path).name for f in client.list_artifacts(parent_id, "report")}
+    assert published == {p.name for p in (folder / "a" / "golden-sweep").iterdir()}
+    copy = client.download_artifacts(parent_id, "report/report.html", str(folder / "downloaded"))
+    assert Path(copy).read_bytes() == (folder / "a" / "golden-sweep" / "report.html").read_bytes()
+
+
+def test_help_says_what_the_report_holds_and_where_it_goes(capsys):
+    with pytest.raises(SystemExit) as done:
+        report.main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "Does the report hold?" in text and "report.html" in text and "--no-publish" in text
+    assert "python -m ablation.report --sweep" in text  # an example

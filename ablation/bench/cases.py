@@ -1,0 +1,149 @@
+"""One case: a variant at one size. Every contender warmed up, timed interleaved, checked to solve the same
+problem, and turned into rows with speed-ups, GF/s, efficiency against the peak and share of the limit."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any
+
+import torch
+
+from ablation.bench.contenders import BaselineLoop, EngineRunner, engine_name, held_tensors, time_interleaved
+from ablation.bench.flops import conv_plan, iteration_gflop
+from ablation.bench.probes import MemoryProbe, best_seconds, layer_limit_ms, tensors_mib
+from ablation.bench.settings import LAYOUTS, Settings
+from ablation.engine.backends import configure_backends
+from ablation.engine.network import layer_names
+from ablation.engine.prepare import Problem
+from ablation.engine.transfer import EngineOptions, loss_terms
+
+LIMIT_REPEATS = 3  # each kernel of the per-layer limit: best of 3
+
+
+@dataclass
+class Contender:
+    name: str  # tutorial, strong, or the engine's precision/layout[/compile]
+    run: Callable[[], Any]  # runs one timing sample (``chunk`` iterations)
+    precision: str
+    gflop: float  # analytic conv GFLOP per iteration
+    peak_mib: float | None
+    step0_total: float
+    limit_ms: float | None = None  # the per-layer kernel limit (engine only)
+
+
+@dataclass
+class Row:
+    """One contender at one variant and size; ratios are filled in once every contender is timed."""
+
+    variant: str
+    size_wh: str
+    contender: str
+    gflop: float
+    peak_mib: float | None
+    step0_total: float
+    limit_ms: float | None
+    samples_ms: list[float]
+    median_ms: float = field(init=False)
+    min_ms: float = field(init=False)
+    gflops: float = field(init=False)
+    efficiency: float | None = None  # achieved GF/s / the machine's conv peak in this precision
+    limit_share: float | None = None  # limit_ms / median_ms
+    speedup_tutorial: float | None = None  # the tutorial's median / this median
+    speedup_strong: float | None = None  # the strong baseline's median / this median
+
+    def __post_init__(self) -> None:
+        self.median_ms, self.min_ms = statistics.median(self.samples_ms), min(self.samples_ms)
+        self.gflops = self.gflop / (self.median_ms / 1000)
+
+
+def engine_options(settings: Settings) -> list[EngineOptions]:
+    options = [EngineOptions(p, LAYOUTS[layout]) for p in settings.precisions for layout in settings.layouts]
+    return options + [replace(o, compile=True) for o in options if settings.compile]
+
+
+def _warm_up(run: Callable[[], Any], settings: Settings, problem: Problem, net: torch.nn.Module) -> float | None:
+    """Run the warm-up samples (at least one) under the memory probe: the contender's peak MiB."""
+    probe = MemoryProbe(problem.device)
+    for _ in range(max(settings.warmup, 1)):
+        run()
+    working = probe.peak_mib()
+    return None if working is None else working + tensors_mib(net, held_tensors(problem))
+
+
+def engine_contenders(problem: Problem, settings: Settings) -> list[Contender]:
+    """The engine in every precision x layout asked for, warmed up, each with its per-layer limit."""
+    spec, (h, w) = problem.spec, problem.content.shape[-2:]
+    gflop = iteration_gflop(conv_plan(spec.network.arch, spec.last_layer, h, w, True), spec.last_layer, False)
+    style_layers = [n for n, wt in spec.loss.style_layer_weights().items() if wt and spec.loss.style_weight]
+    timer = partial(best_seconds, device=problem.device, repeats=LIMIT_REPEATS)
+    calls = max(settings.warmup, 1) + settings.iters // settings.chunk
+    contenders, limits_ms = [], {}
+    for options in engine_options(settings):
+        runner = EngineRunner(problem, options, [spec.seed], settings.chunk, calls)
+        peak = _warm_up(runner, settings, problem, runner.net)
+        key = (options.precision, options.channels_last)  # compiled or not, the same kernels
+        if key not in limits_ms:
+            limits_ms[key] = sum(layer_limit_ms(runner.net, h, w, style_layers, options, timer).values())
+        limit_ms = limits_ms[key]
+        contenders.append(
+            Contender(engine_name(options), runner, options.precision, gflop, peak, runner.step0_total, limit_ms)
+        )
+    return contenders
+
+
+def baseline_contenders(problem: Problem, settings: Settings) -> list[Contender]:
+    """The tutorial and the strong baseline, warmed up."""
+    spec, (h, w) = problem.spec, problem.content.shape[-2:]
+    arch, last = spec.network.arch, spec.last_layer
+    gflop = {
+        "tutorial": iteration_gflop(conv_plan(arch, layer_names(arch)[-1], h, w, False), last, True),
+        "strong": iteration_gflop(conv_plan(arch, last, h, w, True), last, False),
+    }
+    contenders = []
+    for name in gflop:
+        loop = BaselineLoop(problem, problem.weights, name == "strong", settings.chunk)
+        peak = _warm_up(loop, settings, problem, loop.features)
+        contenders.append(Contender(name, loop, "fp32", gflop[name], peak, loop.step0_total))
+    return contenders
+
+
+def check_same_problem(problem: Problem, contenders: list[Contender]) -> float:
+    """Every fp32 contender must start from the engine's step-0 loss (the tutorial only where its pools, which
+    round down, agree: both sides multiples of 16), or the speed-ups compare different problems: a bug."""
+    h, w = problem.content.shape[-2:]
+    options = replace(problem.spec.engine, precision="fp32", compile=False)
+    configure_backends(options, problem.device)
+    with torch.no_grad():
+        start = problem.start_image([problem.spec.seed])
+        reference = float(loss_terms(problem.net, start, problem.targets, options)[0, 3])
+    for c in contenders:
+        compared = c.precision == "fp32" and (c.name != "tutorial" or (h % 16 == 0 and w % 16 == 0))
+        if compared and not math.isclose(c.step0_total, reference, rel_tol=1e-4):
+            raise RuntimeError(f"{c.name}'s step-0 loss {c.step0_total:.7g} is not the engine's {reference:.7g}")
+    return reference
+
+
+def bench_case(problem: Problem, settings: Settings, peaks: dict[str, float]) -> list[Row]:
+    """Time every engine setting and both baselines on one variant and size, interleaved."""
+    contenders = engine_contenders(problem, settings)
+    contenders += baseline_contenders(problem, settings) if settings.baseline else []
+    check_same_problem(problem, contenders)
+    rounds = settings.iters // settings.chunk
+    samples = time_interleaved({c.name: c.run for c in contenders}, settings.chunk, rounds, problem.device)
+    h, w = problem.content.shape[-2:]
+    rows = {
+        c.name: Row(
+            problem.spec.variant, f"{w}x{h}", c.name, c.gflop, c.peak_mib, c.step0_total, c.limit_ms, samples[c.name]
+        )
+        for c in contenders
+    }
+    for c, row in zip(contenders, rows.values(), strict=True):
+        row.efficiency = row.gflops / peaks[f"conv_{c.precision}"]
+        row.limit_share = None if c.limit_ms is None else c.limit_ms / row.median_ms
+        row.speedup_tutorial = rows["tutorial"].median_ms / row.median_ms if "tutorial" in rows else None
+        row.speedup_strong = rows["strong"].median_ms / row.median_ms if "strong" in rows else None
+    return list(rows.values())

@@ -1,0 +1,197 @@
+"""What the machine can do: peaks of single kernels, this iteration's per-layer kernel limit, and memory."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from ablation.engine.backends import configure_backends, native_bf16
+from ablation.engine.losses import gram
+from ablation.engine.network import LayerShape, VGGFeatures, layer_shapes
+from ablation.engine.transfer import EngineOptions
+
+Timer = Callable[[Callable[[], Any]], float]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_seconds(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls after one untimed call (a limit is what the machine can do)."""
+    fn()
+    sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_peak_gflops(device: torch.device, n: int, repeats: int) -> float:
+    """GF/s of an n x n fp32 matmul (2 n^3 FLOPs), IEEE fp32 (no TF32)."""
+    configure_backends(EngineOptions(precision="fp32"), device)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n**3 / 1e9 / best_seconds(lambda: a @ b, device, repeats)
+
+
+def _autocast(options: EngineOptions, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if options.precision == "bf16" else nullcontext()
+
+
+def conv_peak_gflops(device: torch.device, precision: str, channels: int, side: int, repeats: int) -> float:
+    """GF/s of a 3x3 conv, C -> C channels on a side x side map (a VGG conv3_x at 256 px), forward only,
+    the better of NCHW and NHWC. A batch of 8 on CUDA, which one map would leave partly idle. Emulated
+    bf16 (no native support) only in NHWC: NCHW takes seconds per call there (7 s measured)."""
+    batch = 8 if device.type == "cuda" else 1
+    options = EngineOptions(precision=precision)
+    emulated = precision == "bf16" and not native_bf16(device)
+    if not emulated:  # (configure_backends warns about emulated bf16; the bench reports it in the peaks)
+        configure_backends(options, device)
+    best = 0.0
+    for layout in [torch.channels_last] if emulated else [torch.contiguous_format, torch.channels_last]:
+        x = torch.randn(batch, channels, side, side, device=device).contiguous(memory_format=layout)
+        weight = torch.randn(channels, channels, 3, 3, device=device).contiguous(memory_format=layout)
+
+        def conv(x: torch.Tensor = x, weight: torch.Tensor = weight) -> torch.Tensor:
+            with _autocast(options, device):
+                return F.conv2d(x, weight, padding=1)
+
+        gflop = 2 * 9 * channels**2 * side**2 * batch / 1e9
+        best = max(best, gflop / best_seconds(conv, device, repeats))
+    return best
+
+
+def _random(options: EngineOptions, device: torch.device, *shape: int, half: bool = False) -> torch.Tensor:
+    """N(0, 1) in the options' layout (4-d), in bf16 where the network runs in it and ``half`` asks for it."""
+    dtype = torch.bfloat16 if half and options.precision == "bf16" else torch.float32
+    layout = torch.channels_last if options.channels_last and len(shape) == 4 else torch.contiguous_format
+    return torch.randn(*shape, device=device, dtype=dtype).contiguous(memory_format=layout)
+
+
+def _conv_step(conv: nn.Conv2d, shape: LayerShape, options: EngineOptions) -> Callable[[], Any]:
+    """One conv at its own shape: forward and the input gradient (the weights are frozen, as in the engine)."""
+    device, h, w = conv.weight.device, shape.height, shape.width
+    x = _random(options, device, 1, shape.in_channels, h, w).requires_grad_(True)
+    grad = _random(options, device, 1, shape.channels, h, w, half=True)
+
+    def step() -> Any:
+        with _autocast(options, device):
+            out = conv(x)
+        return torch.autograd.grad(out, x, grad)
+
+    return step
+
+
+def _gram_step(shape: LayerShape, options: EngineOptions, device: torch.device) -> Callable[[], Any]:
+    """The engine's Gram of one style layer's features (in the network's dtype and layout), forward and backward."""
+    features = _random(options, device, 1, shape.channels, shape.height, shape.width, half=True).requires_grad_(True)
+    grad = _random(options, device, 1, shape.channels, shape.channels)
+    return lambda: torch.autograd.grad(gram(features), features, grad)
+
+
+def layer_limit_ms(
+    net: VGGFeatures, height: int, width: int, style_layers: list[str], options: EngineOptions, timer: Timer
+) -> dict[str, float]:
+    """ms of each kernel of one iteration timed alone at its own shape: every conv of ``net`` (forward and
+    input gradient) and the Gram of each style layer (forward and backward). Their sum is the iteration's
+    kernel limit on this machine: what the loop would take with no pooling, activations, losses, optimiser,
+    copies or launches. ``timer`` times one callable in seconds (``best_seconds`` with the bench's repeats)."""
+    device = next(net.parameters()).device
+    configure_backends(options, device)
+    convs = {name: layer for name, layer in zip(net.names, net.layers, strict=True) if isinstance(layer, nn.Conv2d)}
+    limit: dict[str, float] = {}
+    for shape in layer_shapes(net.spec.arch, net.last_layer, height, width):
+        if shape.name in convs:
+            limit[shape.name] = 1000 * timer(_conv_step(convs[shape.name], shape, options))
+        if shape.name in style_layers:
+            limit[f"gram {shape.name}"] = 1000 * timer(_gram_step(shape, options, device))
+    return limit
+
+
+def _status_kib(field_name: str) -> int | None:
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) for line in lines if line.startswith(field_name + ":")), None)
+
+
+def _reset_cpu_peak() -> bool:
+    """Return freed heap to the OS (glibc ``malloc_trim``), so that a phase re-using it shows, then reset
+    the process's peak resident set (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class MemoryProbe:
+    """Peak memory of a phase (a contender's warm-up) above what was in use when it started, in MiB: the
+    iteration's working memory. CUDA: ``max_memory_allocated`` (tensors only, exact). CPU: the peak resident
+    set (VmHWM), allocator slack included, approximate; None where /proc cannot tell."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            self.start = torch.cuda.memory_allocated(device)
+        else:
+            self.start = _status_kib("VmRSS") * 1024 if _reset_cpu_peak() and _status_kib("VmRSS") else None
+
+    def peak_mib(self) -> float | None:
+        sync(self.device)
+        if self.device.type == "cuda":
+            return (torch.cuda.max_memory_allocated(self.device) - self.start) / 2**20
+        peak = _status_kib("VmHWM")
+        return None if self.start is None or peak is None else (peak * 1024 - self.start) / 2**20
+
+
+def tensors_mib(net: nn.Module, held: list[torch.Tensor]) -> float:
+    """What a run holds throughout: the network's weights and ``held`` (targets, image, Adam's moments)."""
+    tensors = [*net.parameters(), *held]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """What ran the bench: CPU model and capability (AVX2, AVX512...), cores, threads, versions, GPU, load."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").open() if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {
+        "device": str(device),
+        "cpu": cpu,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+    return info

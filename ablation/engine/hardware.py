@@ -1,0 +1,151 @@
+"""The machine a run ran on, and how fast it convolves: so runtimes are compared only where they can be.
+
+A runtime says as much about the machine as about the variant. Every run therefore records what it ran on
+(:func:`describe`) and a *hardware class* (:meth:`Hardware.hardware_class`): runs of one class can be compared
+on runtime, runs of different classes cannot without saying so. :func:`calibrate` times one fixed
+convolution workload, so runtimes from different classes can at least be put on one scale (runtime times
+GFLOP/s is roughly constant for conv-bound work).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import re
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - torch's own convention
+
+#: What a field holds when the machine has none (no GPU, a CPU-only torch build): MLflow params are strings.
+ABSENT = "none"
+#: The calibration's workload: a 3x3 conv, 128 -> 128 channels, on one 64x64 image (VGG's conv2_2 at 128 px).
+CALIBRATION_SHAPE = (1, 128, 64, 64)
+CALIBRATION_GFLOP = 2 * 128 * 128 * 3 * 3 * 64 * 64 / 1e9  # multiply-adds x 2: 1.208 GFLOP per pass
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What runtimes depend on: processor, threads, GPU, driver and library versions, host."""
+
+    device: str  # the device type the run used: cpu | cuda | mps
+    cpu_model: str
+    cpu_cores: int  # usable by this process (its affinity), not the whole machine's
+    torch_threads: int
+    gpu_name: str
+    gpu_memory_gb: str  # total memory in GB (1e9 bytes), one decimal, or "none"
+    gpu_driver: str
+    cuda_version: str  # the CUDA torch was built with
+    cudnn_version: str
+    hostname: str
+
+    def hardware_class(self) -> str:
+        """Runs of one class are comparable on runtime: ``cuda:<GPU name>``, else ``cpu:<model> x<cores> threads=<n>``.
+
+        A GPU run's speed is its GPU's; a CPU run's depends on the model, the cores it may use and torch's threads.
+        """
+        if self.device == "cuda":
+            return f"cuda:{self.gpu_name}"
+        return f"{self.device}:{self.cpu_model} x{self.cpu_cores} threads={self.torch_threads}"
+
+    def params(self) -> dict[str, str]:
+        """Every field but ``device`` (already a run param) as strings, named as the report reads them."""
+        return {k: str(v) for k, v in asdict(self).items() if k != "device"}
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The processor's name: Linux's ``model name`` line, else what :mod:`platform` says."""
+    try:
+        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
+    except OSError:
+        found = None
+    return (found[1].strip() if found else platform.processor() or platform.machine()) or ABSENT
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (a container or ``taskset`` limits them), else the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def gpu_driver(version_file: Path = Path("/proc/driver/nvidia/version")) -> str:
+    """The NVIDIA driver version (torch does not expose it): the kernel module's file, else ``nvidia-smi``."""
+    try:
+        found = re.search(r"Kernel Module\s+(?:for \S+\s+)?([\d.]+)", version_file.read_text())
+        if found:
+            return found[1]
+    except OSError:
+        pass
+    try:
+        query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+        done = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True)
+        return done.stdout.strip().splitlines()[0] or ABSENT
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return ABSENT
+
+
+def describe(device: torch.device) -> Hardware:
+    """The machine as ``device`` uses it. GPU fields describe ``device`` when it is CUDA, else say ``none``."""
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    gpu_name = gpu_memory_gb = driver = ABSENT
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        gpu_name, gpu_memory_gb, driver = properties.name, f"{properties.total_memory / 1e9:.1f}", gpu_driver()
+    return Hardware(
+        device=device.type,
+        cpu_model=cpu_model(),
+        cpu_cores=cpu_cores(),
+        torch_threads=torch.get_num_threads(),
+        gpu_name=gpu_name,
+        gpu_memory_gb=gpu_memory_gb,
+        gpu_driver=driver,
+        cuda_version=torch.version.cuda or ABSENT,
+        cudnn_version=str(cudnn) if cudnn else ABSENT,
+        hostname=socket.gethostname(),
+    )
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def calibrate(device: torch.device, min_s: float = 0.5) -> float:
+    """GFLOP/s of one fixed fp32 workload (:data:`CALIBRATION_SHAPE`) on ``device``, timed for about ``min_s``.
+
+    After one warm-up pass, passes run in blocks of 1, 2, 4, ... (the last cut to what ``min_s`` still needs)
+    until all blocks together take ``min_s``; GFLOP/s = passes x :data:`CALIBRATION_GFLOP` / their time.
+    A GPU (tens of microseconds a pass) and a CPU (tens of milliseconds on two cores) both give a steady
+    figure in about ``min_s``; a GPU is synchronised only at the end of a block, so the growing blocks hide
+    the synchronisation. cuDNN runs IEEE fp32 with autotuning, whatever an earlier job in this process set
+    (every device does the same arithmetic; flags are restored). The inputs are constants: the global RNG,
+    which seeds the run, is left alone.
+    """
+    cudnn = torch.backends.cudnn
+    saved = cudnn.conv.fp32_precision, cudnn.benchmark
+    cudnn.conv.fp32_precision, cudnn.benchmark = "ieee", True  # as a run at run.precision=fp32 has them
+    try:
+        with torch.no_grad():
+            images = torch.full(CALIBRATION_SHAPE, 0.5, device=device)
+            weight = torch.full((128, 128, 3, 3), 0.01, device=device)
+            F.conv2d(images, weight, padding=1)
+            _synchronize(device)
+            block, passes, start = 1, 0, time.perf_counter()
+            while (elapsed_s := time.perf_counter() - start) < min_s:
+                for _ in range(block):
+                    F.conv2d(images, weight, padding=1)
+                _synchronize(device)
+                passes += block
+                seconds_per_pass = (time.perf_counter() - start) / passes
+                block = max(1, min(2 * block, math.ceil((min_s - passes * seconds_per_pass) / seconds_per_pass)))
+            return CALIBRATION_GFLOP * passes / elapsed_s
+    finally:
+        cudnn.conv.fp32_precision, cudnn.benchmark = saved

@@ -1,0 +1,50 @@
+"""The targets table: which row each target reads, and pass / FAIL / not measured, on hand-made results."""
+
+from __future__ import annotations
+
+import pytest
+
+from ablation.bench.targets import check_targets
+
+
+def row(size_wh: str, contender: str, median_ms: float, speedup_strong=None, limit_share=None) -> dict:
+    return {"variant": "original", "size_wh": size_wh, "contender": contender, "median_ms": median_ms,
+            "speedup_strong": speedup_strong, "limit_share": limit_share}  # fmt: skip
+
+
+def results(device: str, native: bool, layout: str, rows: list, **extra) -> dict:
+    return {"machine": {"device": device}, "native_bf16": native, "default_layout": layout, "rows": rows, **extra}
+
+
+def verdicts(targets: list[dict]) -> list:
+    return [t["pass"] for t in targets]
+
+
+def test_cpu_targets_read_the_default_layout_at_256_px():
+    rows = [
+        row("256x341", "fp32/nchw", 500.0, speedup_strong=0.9, limit_share=0.5),  # not the default layout here
+        row("256x341", "fp32/nhwc", 400.0, speedup_strong=1.2, limit_share=0.85),
+        row("256x341", "bf16/nhwc", 220.0),
+        row("128x171", "fp32/nhwc", 100.0, speedup_strong=2.0, limit_share=0.99),  # not the target's size
+    ]
+    deviation = {"iterations": 300, "size_px": 128, "rel_deviation": {"bf16": 0.0084}}
+    targets = check_targets(results("cpu", True, "nhwc", rows, deviation=deviation))
+    # 1.2 >= 1.10 pass; 0.85 < 0.90 FAIL; 400 / 220 = 1.82 >= 1.7 pass; 0.84% <= 2% pass; GPU: not measured
+    assert verdicts(targets) == [True, False, True, True, None, None]
+    assert [t["value"] for t in targets[:4]] == pytest.approx([1.2, 0.85, 400 / 220, 0.0084])
+
+
+def test_no_native_bf16_leaves_the_bf16_targets_unmeasured():
+    rows = [
+        row("256x341", "fp32/nchw", 400.0, speedup_strong=1.05, limit_share=0.95),
+        row("256x341", "bf16/nchw", 90.0),
+    ]
+    targets = check_targets(results("cpu", False, "nchw", rows))
+    assert verdicts(targets) == [False, True, None, None, None, None]  # 1.05 < 1.10; 0.95 >= 0.90
+    assert "no native bf16" in targets[2]["note"] and "no native bf16" in targets[3]["note"]
+
+
+def test_gpu_targets_from_whole_runs_and_batched_seeds():
+    batched = {"seeds": 4, "size_px": 256, "time_ratio": 1.6}
+    targets = check_targets(results("cuda", True, "nchw", [], full_run={"best_s": 8.2}, batched=batched))
+    assert verdicts(targets) == [None, None, None, None, True, False]  # 8.2 s <= 10 s; 1.6 > 1.5
