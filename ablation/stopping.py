@@ -5,10 +5,11 @@ the loop notices it at its next sync point (every ``run.sync_every`` steps), whe
 saves a checkpoint and ends the run KILLED. A second signal gives up on the checkpoint and raises
 ``KeyboardInterrupt`` at once, for a user who does not want to wait.
 
-SIGUSR1 or SIGUSR2 is SLURM's warning before a time limit or preemption (submitit: ``--signal=USR2@delay``); submitit
-arms it with a handler that requeues the job and exits at once, losing the steps since the last periodic
-checkpoint. Where such a handler is armed, SIGUSR1 is a stop request like SIGTERM, and the armed handler
-is called afterwards (:meth:`StopRequest.hand_over`), once the checkpoint is saved and the run ended.
+SLURM warns a job before its time limit or a preemption with a signal (``--signal``; submitit asks for SIGUSR2)
+and submitit arms it with a handler that requeues the job and exits at once, losing the steps since the last
+periodic checkpoint. Where such a Python handler is armed (SIGUSR1, SIGUSR2), the signal is a stop request like
+SIGTERM, and the armed handler is called afterwards (:meth:`StopRequest.hand_over`), once the checkpoint is saved
+and the run ended KILLED; the requeued job then continues that run.
 """
 
 from __future__ import annotations
