@@ -10,6 +10,7 @@ depend on the machine.
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from ablation.engine.transfer import LOSS_NAMES
 from tests.cluster.conftest import server_peak_mib
+from tests.support import PROJECT
 
 WORKERS = 16
 STEPS = 1000
@@ -84,10 +86,6 @@ def test_sixteen_jobs_lose_and_misfile_nothing(server: str, server_pid: int, tmp
 @pytest.mark.parametrize("uri", ["postgresql://nst:secret@127.0.0.1:5432/mlflow"])
 def test_make_server_takes_a_postgresql_store(uri: str) -> None:
     """``make server STORE_URI=postgresql://...`` hands the URI to ``mlflow server`` unchanged."""
-    import subprocess
-
-    from tests.support import PROJECT
-
     dry = subprocess.run(
         ["make", "-n", "-o", "install", "server", f"STORE_URI={uri}"], cwd=PROJECT, capture_output=True, text=True
     )
