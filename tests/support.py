@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +90,54 @@ def run_sweep(folder: Path, name: str, *overrides: str, timeout_s: float = 240) 
         text=True,
         timeout=timeout_s,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def make_server(folder: Path) -> Iterator[tuple[str, int]]:
+    """``make server`` on a free loopback port with its store in ``folder``: its URI and process group id,
+    once /health answers; stopped (the whole group) afterwards."""
+    port = free_port()
+    log = open(folder / "server.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        ["make", "-s", "-o", "install", "server", f"SERVER_PORT={port}", f"STORE_DIR={folder / 'store'}"],
+        cwd=PROJECT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the server's workers stop with it
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, (folder / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "mlflow server did not answer within 90 s"
+            time.sleep(0.5)
+        yield uri, proc.pid
+    finally:
+        stop_group(proc)
+        log.close()
+
+
+def stop_group(proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    """SIGTERM to the server's process group, then wait until every member is gone (SIGKILL if need be)."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.killpg(proc.pid, 0 if time.monotonic() < deadline else signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)

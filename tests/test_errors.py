@@ -8,7 +8,6 @@ the single line and the absence of a traceback.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from ablation.job import execute
 from ablation.paths import variant_names
 from ablation.run import _CLI_MARK, USER_ERRORS, debug_requested, one_line
 from ablation.spec import SpecError
-from tests.support import PROJECT, PYTHON, config, run_overrides, store_env
+from tests.support import PROJECT, PYTHON, config, free_port, run_overrides, store_env
 
 
 @pytest.fixture(scope="module")
@@ -152,12 +151,6 @@ def test_weights_that_cannot_be_downloaded_say_where_to_put_the_file(
     monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(WeightsError, match=r"cannot download .*vgg19.*: put that file at .*checkpoints/vgg19"):
         load_weights("torchvision", "vgg19")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_unreachable_tracking_server_fails_before_computing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

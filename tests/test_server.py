@@ -10,10 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -22,16 +19,10 @@ from pathlib import Path
 import pytest
 
 from ablation import report
-from tests.support import PROJECT, PYTHON, run_overrides, store_env
+from tests.support import PROJECT, PYTHON, make_server, run_overrides, store_env
 
 #: launcher name -> extra Hydra arguments for ``python -m ablation.run -m``
 SWEEPS: dict[str, list[str]] = {"submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def api(uri: str, path: str, body: dict | None = None, query: dict | None = None) -> dict:
@@ -45,46 +36,8 @@ def api(uri: str, path: str, body: dict | None = None, query: dict | None = None
 @pytest.fixture()
 def server(tmp_path: Path) -> Iterator[str]:
     """``make server`` on a free port with its store in tmp_path; yields the URI, then stops it."""
-    port = free_port()
-    store = tmp_path / "store"
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        ["make", "-s", "-o", "install", "server", f"SERVER_PORT={port}", f"STORE_DIR={store}"],
-        cwd=PROJECT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the server's workers stop with it
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer within 90 s"
-            time.sleep(0.5)
+    with make_server(tmp_path) as (uri, _):
         yield uri
-    finally:
-        stop_group(proc)
-        log.close()
-
-
-def stop_group(proc: subprocess.Popen, timeout_s: float = 30) -> None:
-    """SIGTERM to the server's process group, then wait until every member is gone (SIGKILL if need be)."""
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=timeout_s)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            os.killpg(proc.pid, 0 if time.monotonic() < deadline else signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
 
 
 def test_make_server_binds_loopback_by_default() -> None:
