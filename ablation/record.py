@@ -85,11 +85,16 @@ class Recorder:
             log.image(self.pixels.decode(images[i : i + 1]), IMAGE_SERIES_KEY, step)
 
     def checkpoint(self, state: TransferState, step: int) -> None:
-        """``checkpoint/state.pt`` (what a resume needs) and the images at this step."""
+        """``checkpoint/state.pt`` (what a resume needs) and the images at this step.
+
+        The queued step metrics are stored first: a run killed after the upload resumes at ``step`` and logs only
+        later steps, so a checkpoint must never be stored ahead of the metrics it follows.
+        """
+        for log in self.logs:
+            log.beat()
         path = save_checkpoint(state, np.concatenate(self.histories[0]), self.folder / "state.pt", self.fingerprint)
         self.logs[0].artifact(path, "checkpoint")
         self.log_series(state.image, step)
-        self.logs[0].beat()
 
     def observe(self, progress: Progress) -> None:
         """Log the steps of one sync point; at a scale's end, its timing and (before the last) its image."""

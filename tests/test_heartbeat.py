@@ -65,3 +65,31 @@ def test_beats_between_sync_points_are_rate_limited(tmp_path: Path) -> None:
     assert client.get_run(log.run_id).data.tags["logged_step"] == "-1"
     log.beat()
     assert client.get_run(log.run_id).data.tags["logged_step"] == "0"
+
+
+def test_a_checkpoint_is_never_stored_ahead_of_the_step_metrics_it_follows(tmp_path, monkeypatch) -> None:
+    """A run killed right after a checkpoint upload resumes at that step and logs only later steps, so when the
+    checkpoint reaches the store every step up to it must be there already (else those steps are lost for good,
+    as a SIGKILL between the upload and the next heartbeat showed on SLURM). Read back from the real store at
+    each upload: the checkpoints at steps 2 and 4 of a 6-step run each find steps 0..k stored."""
+    from mlflow.tracking import MlflowClient
+
+    from ablation import tracking
+    from ablation.job import execute
+    from tests.support import config, run_overrides
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    stored_at_upload: list[list[int]] = []
+    real_artifact = tracking.RunLog.artifact
+
+    def artifact(log: tracking.RunLog, path, folder=None) -> None:
+        if folder == "checkpoint":
+            history = MlflowClient(uri).get_metric_history(log.run_id, "total")
+            stored_at_upload.append(sorted(m.step for m in history))
+        real_artifact(log, path, folder)
+
+    monkeypatch.setattr(tracking.RunLog, "artifact", artifact)
+    overrides = [o for o in run_overrides(tmp_path, 6) if not o.startswith(("run.checkpoint_every", "run.sync_every"))]
+    execute(config(overrides + ["run.checkpoint_every=2", "run.sync_every=1"]))
+    assert stored_at_upload == [[0, 1, 2], [0, 1, 2, 3, 4]]
