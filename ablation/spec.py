@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ablation.engine.backends import check_channels_last
 from ablation.engine.errors import UserError
 from ablation.engine.losses import LossWeights
 from ablation.engine.network import NetworkSpec, activation_layers
@@ -105,8 +106,7 @@ def check_run(run: dict[str, Any]) -> None:
     for key in ("log_every", "sync_every"):
         _require(run[key] > 0, f"run.{key}={run[key]} must be > 0")
     _require(run["checkpoint_every"] >= 0, "run.checkpoint_every must be >= 0")
-    layout = run["channels_last"]
-    _require(layout in (True, False, "auto"), f"run.channels_last={layout!r}: give true, false or auto")
+    check_channels_last(run["channels_last"])
     blend = run["init_noise_blend"]
     _require(blend is None or 0 <= blend <= 1, f"run.init_noise_blend={blend} must be in [0, 1]")
     scales, counts = run["scales"], run["scale_iterations"]

@@ -52,10 +52,15 @@ def prefers_channels_last(device: torch.device) -> bool:
     return device.type == "cpu" and torch.backends.mkldnn.is_available()
 
 
+def check_channels_last(value: object) -> None:
+    """``run.channels_last`` is a bool or ``"auto"``; anything else is refused in one line."""
+    if not isinstance(value, bool) and value != "auto":
+        raise UserError(f"run.channels_last={value!r}: give true, false or auto")
+
+
 def resolve_options(options: EngineOptions, device: torch.device) -> EngineOptions:
     """``options`` with ``channels_last="auto"`` decided for ``device``: a bool, what the run used (and records)."""
-    if not isinstance(options.channels_last, bool) and options.channels_last != "auto":
-        raise UserError(f"run.channels_last={options.channels_last!r}: give true, false or auto")
+    check_channels_last(options.channels_last)
     if options.channels_last == "auto":
         return replace(options, channels_last=prefers_channels_last(device))
     return options
