@@ -28,7 +28,7 @@ from ablation.engine.weights import VGGWeights, load_weights
 from ablation.record import Scorer
 from ablation.spec import SpecError, from_config, seed_config
 from ablation.stopping import StopRequest
-from ablation.store import connection, lookup
+from ablation.store import connection, lookup, tolerance
 from ablation.store.outcome import Outcome, outcome_record
 from ablation.store.sweeps import SweepJob
 
@@ -76,12 +76,16 @@ def input_sha256(spec: RunSpec) -> list[str]:
 
 
 def plan(config: dict[str, Any], sweep: SweepJob | None) -> Job:
-    """Validate, check memory and the store, load the weights: every refusal comes before any run is made."""
+    """Validate, check memory and the store, load the weights: every refusal comes before any run is made.
+
+    A sweep's job waits for a server that is away (its launcher reached it) within ``run.tracking_outage_s``;
+    a single run's first contact fails in seconds (a mistyped address, a server not started)."""
     spec = from_config(config)
     device = pick_device(spec.device)
     if config["run"]["memory_check"]:
         check_fits(spec, device)
-    experiment_id = connection.open_store(config["tracking"]["experiment"])
+    tolerance.configure(config["run"]["tracking_outage_s"], config["tracking"]["unsent_dir"])
+    experiment_id = connection.open_store(config["tracking"]["experiment"], patient=sweep is not None)
     torch.manual_seed(spec.seed)
     weights = load_weights(spec.weights.source, spec.network.arch, **spec.weights.options)
     inputs = input_sha256(spec)

@@ -51,7 +51,7 @@ def test_result_neutral_keys_are_exactly_these() -> None:
         "images.content", "images.styles", "weights.path", "judge.weights_path",
         "run.device", "run.log_every", "run.sync_every", "run.checkpoint_every", "run.quiet", "run.debug",
         "run.resume", "run.memory_check", "run.force", "tune.objective", "tracking.experiment", "tracking.run_name",
-        "run.status_every", "run.heartbeat_limit_s",
+        "run.status_every", "run.heartbeat_limit_s", "run.tracking_outage_s", "tracking.unsent_dir",
     }  # fmt: skip
     assert schema.RESULT_NEUTRAL_KEYS < schema.schema_keys()
 
