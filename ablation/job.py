@@ -22,7 +22,7 @@ from ablation.engine import hardware, judge
 from ablation.engine.inputs import file_sha256, resolve_image
 from ablation.engine.memory import check_fits
 from ablation.engine.plan import RunSpec
-from ablation.engine.prepare import Problem, pick_device, prepare
+from ablation.engine.prepare import Problem, check_input_sizes, pick_device, prepare
 from ablation.engine.scales import Stage, coarse_to_fine
 from ablation.engine.weights import VGGWeights, load_weights
 from ablation.record import Scorer
@@ -82,6 +82,7 @@ def plan(config: dict[str, Any], sweep: SweepJob | None) -> Job:
     a single run's first contact fails in seconds (a mistyped address, a server not started)."""
     spec = from_config(config)
     device = pick_device(spec.device)
+    check_input_sizes(spec)
     if config["run"]["memory_check"]:
         check_fits(spec, device)
     tolerance.configure(config["run"]["tracking_outage_s"], config["tracking"]["unsent_dir"])
