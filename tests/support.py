@@ -99,18 +99,28 @@ def free_port() -> int:
 
 
 @contextmanager
-def make_server(folder: Path) -> Iterator[tuple[str, int]]:
-    """``make server`` on a free loopback port with its store in ``folder``: its URI and process group id,
-    once /health answers; stopped (the whole group) afterwards."""
-    port = free_port()
-    log = open(folder / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        ["make", "-s", "-o", "install", "server", f"SERVER_PORT={port}", f"STORE_DIR={folder / 'store'}"],
-        cwd=PROJECT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the server's workers stop with it
-    )
+def make_server(folder: Path, port: int | None = None) -> Iterator[tuple[str, int]]:
+    """``make server`` on a free loopback port (or ``port``) with its store in ``folder``: its URI and process group
+    id, once /health answers; stopped (the whole group) afterwards."""
+    port = port or free_port()
+    proc = start_server(folder, port)
+    try:
+        yield f"http://127.0.0.1:{port}", proc.pid
+    finally:
+        stop_group(proc)
+
+
+def start_server(folder: Path, port: int) -> subprocess.Popen:
+    """``make server`` on ``port`` with its store in ``folder`` (``folder/store``), once /health answers; its log is
+    appended to ``folder/server.log``. The caller stops it with :func:`stop_group` (or restarts it: same store)."""
+    with open(folder / "server.log", "a") as log:
+        proc = subprocess.Popen(
+            ["make", "-s", "-o", "install", "server", f"SERVER_PORT={port}", f"STORE_DIR={folder / 'store'}"],
+            cwd=PROJECT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the server's workers stop with it
+        )
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -118,21 +128,24 @@ def make_server(folder: Path) -> Iterator[tuple[str, int]]:
             try:
                 with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
                     if response.status == 200:
-                        break
+                        return proc
             except OSError:
                 pass
             assert proc.poll() is None, (folder / "server.log").read_text()[-2000:]
             assert time.monotonic() < deadline, "mlflow server did not answer within 90 s"
             time.sleep(0.5)
-        yield uri, proc.pid
-    finally:
+    except BaseException:
         stop_group(proc)
-        log.close()
+        raise
 
 
-def stop_group(proc: subprocess.Popen, timeout_s: float = 30) -> None:
-    """SIGTERM to the server's process group, then wait until every member is gone (SIGKILL if need be)."""
-    os.killpg(proc.pid, signal.SIGTERM)
+def stop_group(proc: subprocess.Popen, timeout_s: float = 30, sig: int = signal.SIGTERM) -> None:
+    """``sig`` to the server's process group, then wait until every member is gone (SIGKILL if need be); a group
+    already gone is left alone."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
     proc.wait(timeout=timeout_s)
     deadline = time.monotonic() + timeout_s
     while True:

@@ -198,7 +198,7 @@ class RunLog:
         """Put what is pending and the final status (FINISHED, FAILED or KILLED), then wait until the store has it
         all, within the job's patience (or ``wait_s``). Returns the folder where what the server did not take in time
         is kept (None: all stored)."""
-        self.flush()
+        self.beat()  # the last steps, and logged_step at the run's last step
         if error:
             self._put(tags=[RunTag("error", error[:MAX_TAG_CHARS])])
         final = RunStatus.to_string(getattr(RunStatus, status))
