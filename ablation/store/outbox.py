@@ -22,15 +22,16 @@ skips the job.
 
 Why not MLflow's own asynchronous logging (``log_batch(..., synchronous=False)``, ``MLFLOW_ENABLE_ASYNC_LOGGING``):
 MLflow 3 hands each batch to a pool of 10 threads (``MLFLOW_ASYNC_LOGGING_THREADPOOL_SIZE``), so batches can land out
-of order, a checkpoint ahead of the steps it follows; a batch that still fails after MLflow's retries is logged as an
-error and dropped; its queue has no bound; and it carries metrics, params and tags only, not the files and status that
-must stay in order with them.
+of order; a batch that still fails after MLflow's retries is logged as an error and dropped; its queue has no bound;
+images go through a second queue with 5 threads of its own, and plain files (the checkpoint) and the end status
+through none, so nothing would keep a checkpoint behind the steps it follows.
 """
 
 from __future__ import annotations
 
 import atexit
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -56,6 +57,8 @@ from ablation.store.connection import raw_client, redact_uri, tracking_uri
 #: Records waiting at most; a full outbox holds the loop back until the server takes some, or the patience runs out.
 #: A run puts about one record per heartbeat (2 s) plus its checkpoints and images: hours of outage per run.
 MAX_QUEUED = 10_000
+#: MLflow's limits of one log_batch request.
+MAX_VALUES, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
 OPS_FILE = "ops.jsonl"
 CLAIMED = ".sending"
 
@@ -125,6 +128,29 @@ def send(op: Op) -> None:
         store.set_terminated(op.run_id, op.status)
     else:
         raise ValueError(f"unknown record kind {op.kind!r}")
+
+
+def fits_with(ops: list[Op], op: Op) -> bool:
+    """Whether ``op`` can join the batches ``ops`` in one ``log_batch`` request: same run, no param twice, within
+    MLflow's limits (1000 values in all, 100 params, 100 tags)."""
+    first = ops[0]
+    if not (first.kind == op.kind == "batch" and (first.uri, first.run_id) == (op.uri, op.run_id)):
+        return False
+    params = [p[0] for o in [*ops, op] for p in o.params]
+    tags = {t[0] for o in [*ops, op] for t in o.tags}
+    values = sum(len(o.metrics) for o in [*ops, op]) + len(params) + len(tags)
+    return len(set(params)) == len(params) <= MAX_PARAMS and len(tags) <= MAX_TAGS and values <= MAX_VALUES
+
+
+def merged(ops: list[Op]) -> Op:
+    """One batch holding ``ops`` in order; of a tag set twice, the later value (a heartbeat's latest)."""
+    if len(ops) == 1:
+        return ops[0]
+    tags = {k: v for o in ops for k, v in o.tags}
+    return Op(
+        "batch", ops[0].uri, ops[0].run_id, metrics=[m for o in ops for m in o.metrics],
+        params=[p for o in ops for p in o.params], tags=[[k, v] for k, v in tags.items()],
+    )  # fmt: skip
 
 
 class Spool:
@@ -245,50 +271,67 @@ class Outbox:
         spool = self.spool
         if spool is None:
             return ""
-        what = f"{spool.count} records" + (f" ({spool.checkpoints} checkpoints)" if spool.checkpoints else "")
+        n = spool.checkpoints
+        what = f"{spool.count} records" + (f" with {n} checkpoint{'s' * (n > 1)}" if n else "")
         return (
             f"; {what} kept in {spool.folder}: once the server answers, re-run (a sweep: the same command; one run: "
             "add run.resume=true) to send them and continue"
         )
 
     def _send_forever(self) -> None:
-        attempt = 0
+        attempt, alone_until = 0, -1  # records up to seq alone_until go one by one (a merged request was refused)
         while True:
             with self.cond:
                 while not self.ops:
                     self.cond.wait()
-                op = self.ops[0]
-            if op.superseded:
-                self._done(op)
+                ops = self._head() if self.ops[0].seq > alone_until else [self.ops[0]]
+            if ops[0].superseded:
+                self._done(ops)
                 continue
             started = time.monotonic()
             try:
-                send(op)
+                send(merged(ops))
             except Exception as err:  # noqa: BLE001 - sorted below: an outage is retried, anything else reported
                 if self.spool is not None:
                     continue  # kept on disk meanwhile, its file with it: nothing more to send
                 if tolerance.limit_s() is not None and tolerance.is_transient(err):
-                    tolerance.failed(started)
+                    tolerance.failed(started, err)
                     time.sleep(tolerance.backoff_s(attempt))
                     attempt += 1
                     continue
+                if len(ops) > 1:  # which of them was refused: send them one by one
+                    alone_until = ops[-1].seq
+                    continue
                 with self.cond:
-                    self.failures.append((op, err))
+                    self.failures.append((ops[0], err))
             else:
                 tolerance.succeeded()
             attempt = 0
-            self._done(op)
+            self._done(ops)
 
-    def _done(self, op: Op) -> None:
+    def _head(self) -> list[Op]:
+        """The first record, with the batches of the same run right behind it that fit into one request with it
+        (a backlog after an outage goes out in a few requests, not one per sync point)."""
+        ops = [self.ops[0]]
+        for op in itertools.islice(self.ops, 1, None):
+            if not fits_with(ops, op):
+                break
+            ops.append(op)
+        return ops
+
+    def _done(self, ops: list[Op]) -> None:
         with self.cond:
-            if self.ops and self.ops[0] is op:  # else kept on disk meanwhile (and stored twice: harmless)
-                self.ops.popleft()
-                self.done_seq = op.seq
-                if self.latest.get(op.artifact) is op:
-                    del self.latest[op.artifact]
+            for op in ops:
+                if self.ops and self.ops[0] is op:  # else kept on disk meanwhile (and stored twice: harmless)
+                    self.ops.popleft()
+                    self.done_seq = op.seq
+                    if self.latest.get(op.artifact) is op:
+                        del self.latest[op.artifact]
             self.cond.notify_all()
-        if op.owned and op.file is not None and self.spool is None:
-            Path(op.file).unlink(missing_ok=True)
+        for op in ops:
+            if op.owned and op.file is not None and self.spool is None:
+                Path(op.file).unlink(missing_ok=True)
+                Path(op.file).parent.rmdir()  # the file's own folder (see stage)
 
     def close(self) -> None:
         """At exit: deliver what is left within the patience, keep the rest, remove the outbox's own files."""

@@ -103,11 +103,18 @@ def is_transient(err: BaseException) -> bool:
     return type(err).__module__.split(".")[0] in ("requests", "urllib3") or type(err).__name__ == "OperationalError"
 
 
-def failed(started_s: float) -> None:
-    """An attempt begun at ``started_s`` (monotonic) failed: the outage began then, unless it began before."""
+def failed(started_s: float, err: BaseException) -> None:
+    """An attempt begun at ``started_s`` (monotonic) failed with ``err``, an outage: it began then, unless before."""
     with _link.lock:
-        if _link.down_since is None or started_s < _link.down_since:
+        first = _link.down_since is None
+        if first or started_s < _link.down_since:
             _link.down_since = started_s
+    if first:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        log.warning(
+            "the tracking server does not answer (%s): records wait, the run goes on (run.tracking_outage_s=%g)",
+            reason, _link.limit_s,
+        )  # fmt: skip
 
 
 def succeeded() -> None:
@@ -152,7 +159,7 @@ def patient(call: Callable[[], T]) -> T:
         except Exception as err:
             if _link.limit_s is None or not is_transient(err):
                 raise
-            failed(started)
+            failed(started, err)
             if lost():
                 raise lost_error() from err
             time.sleep(backoff_s(attempt))
