@@ -242,3 +242,32 @@ def test_past_the_patience_the_run_stops_with_a_checkpoint_kept_and_the_rerun_se
     finished = MlflowClient().get_run(run_id)
     assert finished.info.status == "FINISHED" and finished.data.tags["resumed_from_step"] == str(stopped_at)
     assert steps_of(run_id) == list(range(41))  # every step once: before, during and after the outage
+
+
+def test_kept_records_are_sent_once_by_the_first_job_to_open_the_store(
+    flaky: Flaky, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two processes kept records while the server was away. A folder another job has claimed (renamed) is left to
+    it; the other is sent in order, and a record the store refuses (its run deleted meanwhile) is told, not fatal."""
+    experiment_id = connection.open_store("outage")
+    kept, deleted = RunLog.create(experiment_id, "kept", {}), RunLog.create(experiment_id, "deleted", {})
+    flaky.down = True
+    for step in range(3):
+        kept.metrics({"total": float(step)}, step)
+        deleted.metrics({"total": float(step)}, step)
+        kept.flush()
+        deleted.flush()
+    first = outbox.outbox().keep()
+    monkeypatch.setattr(outbox, "_outbox", outbox.Outbox())
+    kept.metrics({"total": 9.0}, 9)
+    kept.flush()
+    second = outbox.outbox().keep()
+    second.rename(second.with_name(second.name + outbox.CLAIMED))  # another job is sending it
+
+    monkeypatch.setattr(outbox, "_outbox", outbox.Outbox())
+    flaky.down = False
+    MlflowClient().delete_run(deleted.run_id)
+    assert outbox.send_unsent(connection.tracking_uri()) == 6
+    assert steps_of(kept.run_id) == [0, 1, 2]  # the claimed folder's step 9 is not sent here
+    assert not first.exists() and second.with_name(second.name + outbox.CLAIMED).exists()
+    assert "refused by the store" in caplog.text

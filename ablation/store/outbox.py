@@ -30,6 +30,7 @@ through none, so nothing would keep a checkpoint behind the steps it follows.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import itertools
 import json
@@ -246,6 +247,8 @@ class Outbox:
             while self.done_seq < target and self.spool is None:
                 if tolerance.lost() or (deadline is not None and time.monotonic() > deadline):
                     return False
+                if self.thread is None or not self.thread.is_alive():
+                    raise RuntimeError("the outbox's sender thread has stopped: records cannot be sent")
                 self.cond.wait(0.25)
             delivered = self.spool is None
         self.raise_failure()
@@ -257,7 +260,7 @@ class Outbox:
         with self.cond:
             if self.spool is None:
                 stamp = time.strftime("%Y%m%d-%H%M%S")
-                name = f"{stamp}-{socket.gethostname()}-{os.getpid()}"
+                name = f"{stamp}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
                 self.spool = Spool(tolerance.unsent_dir() / store_key(tracking_uri()) / name)
                 for op in self.ops:
                     self.spool.append(op)
@@ -331,7 +334,8 @@ class Outbox:
         for op in ops:
             if op.owned and op.file is not None and self.spool is None:
                 Path(op.file).unlink(missing_ok=True)
-                Path(op.file).parent.rmdir()  # the file's own folder (see stage)
+                with contextlib.suppress(OSError):
+                    Path(op.file).parent.rmdir()  # the file's own folder (see stage)
 
     def close(self) -> None:
         """At exit: deliver what is left within the patience, keep the rest, remove the outbox's own files."""
