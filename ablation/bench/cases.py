@@ -19,7 +19,7 @@ from ablation.bench.settings import LAYOUTS, Settings
 from ablation.engine.backends import configure_backends
 from ablation.engine.network import layer_names
 from ablation.engine.prepare import Problem
-from ablation.engine.transfer import EngineOptions, loss_terms
+from ablation.engine.transfer import TOTAL, EngineOptions, loss_terms
 
 LIMIT_REPEATS = 3  # each kernel of the per-layer limit: best of 3
 
@@ -119,7 +119,7 @@ def check_same_problem(problem: Problem, contenders: list[Contender]) -> float:
     configure_backends(options, problem.device)
     with torch.no_grad():
         start = problem.start_image([problem.spec.seed])
-        reference = float(loss_terms(problem.net, start, problem.targets, options)[0, 3])
+        reference = float(loss_terms(problem.net, start, problem.targets, options)[0, TOTAL])
     for c in contenders:
         compared = c.precision == "fp32" and (c.name != "tutorial" or (h % 16 == 0 and w % 16 == 0))
         if compared and not math.isclose(c.step0_total, reference, rel_tol=1e-4):

@@ -22,7 +22,7 @@ from ablation.bench.settings import BenchError, Settings
 from ablation.bench.targets import check_targets
 from ablation.engine.backends import configure_backends, native_bf16, prefers_channels_last, set_layout
 from ablation.engine.prepare import Problem, prepare
-from ablation.engine.transfer import EngineOptions, new_state, stylize
+from ablation.engine.transfer import TOTAL, EngineOptions, new_state, stylize
 from ablation.engine.weights import VGGWeights, load_weights
 from ablation.paths import CONF_DIR
 
@@ -81,7 +81,7 @@ def _engine_run(problem: Problem, options: EngineOptions, iterations: int, sync_
     net = set_layout(copy.deepcopy(problem.net), options)
     state = new_state(problem.start_image([0]), problem.spec.optim)
     for progress in stylize(net, problem.targets, state, iterations, 1, sync_every, options):
-        last = progress.losses[-1, 0, 3]
+        last = progress.losses[-1, 0, TOTAL]
     return float(last)
 
 

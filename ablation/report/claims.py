@@ -25,17 +25,9 @@ from scipy import stats
 from ablation.paths import REPORTED_DIR
 from ablation.report.formats import finite, format_number, format_runtime, markdown_table
 from ablation.report.load import HARDWARE_TAG
+from ablation.report.quantities import QUANTITIES
 from ablation.report.variants import TABLE_TITLES, named, reported_table, table_variants
 
-#: quantity -> (own column in the runs frame, judge column or None, column of the reported tables)
-QUANTITIES = {
-    "runtime": ("runtime_s", None, "runtime_s"),
-    "content": ("final_content", "judge_content", "content_loss"),
-    "style": ("final_style", "judge_style", "style_loss"),
-    "tv": ("final_tv", "judge_tv", "tv_loss"),
-    "total": ("final_total", "judge_total", "total_loss"),
-}
-QUANTITY_WORDS = {"runtime": "runtime", "content": "content loss", "style": "style loss", "tv": "TV loss"}
 HOLDS, FAILS, INCONCLUSIVE = "holds", "fails", "inconclusive"
 ONE_SEED = "inconclusive (1 seed)"
 NO_JUDGE = "no judge (runtime)"  # not "n/a": pandas reads that back as NaN
@@ -115,7 +107,7 @@ def combine(comparisons: list[Comparison], relation: str) -> tuple[str, Comparis
 
 def reported_value(variant: str, quantity: str) -> float:
     """The report's figure for ``variant`` (from the first of its tables that has it); NaN if it has none."""
-    column = QUANTITIES[quantity][2]
+    column = QUANTITIES[quantity].reported
     for name in TABLE_TITLES:
         table = reported_table(name)
         if variant in table.index:
@@ -174,7 +166,7 @@ def claim_words(claim: pd.Series) -> str:
     else:
         versus = " and ".join(named(v) for v in words)
     stated = f" (text: {claim['stated_change_pct']:+.4g}%)" if finite(claim["stated_change_pct"]) else ""
-    quantity = QUANTITY_WORDS.get(claim["quantity"], f"{claim['quantity']} loss")
+    quantity = QUANTITIES[claim["quantity"]].label
     return f"{named(claim['variant'])}: {quantity} {claim['relation']} than {versus}{stated}"
 
 
@@ -196,9 +188,9 @@ def evaluate_claims(runs: pd.DataFrame) -> pd.DataFrame:
     """Every claim with its three verdicts and effects: the frame behind ``claims.csv``."""
     records = []
     for _, claim in load_claims().iterrows():
-        own_column, judge_column, _ = QUANTITIES[claim["quantity"]]
-        own_verdict, own, hardware = on_runs(claim, runs, own_column)
-        judge_verdict, judge, _ = on_runs(claim, runs, judge_column)
+        quantity = QUANTITIES[claim["quantity"]]
+        own_verdict, own, hardware = on_runs(claim, runs, quantity.own)
+        judge_verdict, judge, _ = on_runs(claim, runs, quantity.judge)
         records.append(
             {
                 **claim.to_dict(),

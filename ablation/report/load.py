@@ -16,10 +16,10 @@ from mlflow.tracking import MlflowClient
 
 from ablation import sweep, tracking
 from ablation.engine.errors import UserError
+from ablation.report.quantities import JUDGE_METRICS, LOSSES
 from ablation.report.variants import variant_order
 
-OWN_LOSSES = ["final_content", "final_style", "final_tv", "final_total"]
-JUDGE_METRICS = ["judge_content", "judge_style", "judge_tv", "judge_total", "ssim_content"]
+OWN_LOSSES = [q.own for q in LOSSES]
 METRICS = [*OWN_LOSSES, "total_s", "loop_s", "iter_ms", "peak_mem_mb", *JUDGE_METRICS, "calibration_gflops"]
 #: MLflow param -> column.
 PARAMS = {

@@ -9,7 +9,7 @@ from torch import nn
 
 from ablation.engine.losses import LossWeights
 from ablation.engine.network import NetworkSpec, VGGFeatures, deepest, layer_names, layer_shapes
-from ablation.engine.transfer import compute_targets, initial_image, new_state, stylize
+from ablation.engine.transfer import TOTAL, compute_targets, initial_image, new_state, stylize
 from ablation.spec import from_config
 from tests.test_spec import config_for
 
@@ -106,7 +106,7 @@ def test_tanh_at_the_last_relu_equals_no_tanh_exactly(reading, reference, vgg19_
     reading_losses, reference_losses = _losses(reading, weights), _losses(reference, weights)
     assert reading_losses.shape == (5, 1, 4)
     np.testing.assert_array_equal(reading_losses, reference_losses)
-    assert reading_losses[-1, 0, 3] < reading_losses[0, 0, 3]
+    assert reading_losses[-1, 0, TOTAL] < reading_losses[0, 0, TOTAL]
     assert not np.array_equal(_losses("tanh_final", vgg19_random)[1:], _losses("original", vgg19_random)[1:])
 
 
