@@ -5,9 +5,10 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 
 from ablation import schema
+from ablation.engine.errors import UserError
 from ablation.paths import CONF_DIR
 from ablation.run import one_line
-from ablation.spec import SpecError, from_config
+from ablation.spec import from_config
 
 CONF = str(CONF_DIR)
 
@@ -46,7 +47,7 @@ def test_defaults_are_upstreams():
     ],
 )
 def test_bad_values_are_named(override, message):
-    with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(")):
         from_config(config_for(**override))
 
 
