@@ -23,7 +23,8 @@ from mlflow.tracking import MlflowClient
 from ablation import tracking
 from ablation.engine.images import ImageError
 from ablation.engine.inputs import DataError
-from ablation.engine.memory import MemoryEstimateError, layer_sizes, transfer_bytes
+from ablation.engine.memory import MemoryEstimateError, transfer_bytes
+from ablation.engine.network import layer_shapes
 from ablation.engine.weights import WeightsError, load_weights, random_weights
 from ablation.job import execute
 from ablation.paths import variant_names
@@ -102,11 +103,12 @@ def test_memory_estimate_by_hand() -> None:
     and the content target 4*1024. Fixed: weights 2 * 4 * all vgg19 conv parameters (20,024,384) and
     Grams 4 * (64^2+128^2+256^2+2*512^2).
     """
-    assert layer_sizes("vgg19", "relu1_1", 4, 4) == [("conv1_1", 1024), ("relu1_1", 1024)]
+    shapes = layer_shapes("vgg19", "relu1_1", 4, 4)
+    assert [(s.name, s.elements) for s in shapes] == [("conv1_1", 1024), ("relu1_1", 1024)]
     estimate = transfer_bytes("vgg19", "relu1_1", "max", (4, 4), [(4, 4)], batch=2)
     assert estimate.pixel_bytes == 2 * 17152 + 4 * 2048 + 4 * 1024
     assert estimate.fixed_bytes == 2 * 4 * 20_024_384 + 4 * (4096 + 16384 + 65536 + 2 * 262144)
-    assert layer_sizes("vgg19", "pool1", 5, 3)[-1] == ("pool1", 64 * 3 * 2)  # SAME pooling rounds up
+    assert layer_shapes("vgg19", "pool1", 5, 3)[-1].elements == 64 * 3 * 2  # SAME pooling rounds up
 
 
 def test_weights_of_the_wrong_architecture_name_layer_and_shapes(tmp_path: Path) -> None:

@@ -47,23 +47,18 @@ class Estimate:
         return self.pixel_bytes + self.fixed_bytes
 
 
-def layer_sizes(arch: str, last_layer: str, height: int, width: int) -> list[tuple[str, int]]:
-    """(layer name, elements per image) for every layer up to ``last_layer`` (the network's shape walk)."""
-    return [(layer.name, layer.elements) for layer in layer_shapes(arch, last_layer, height, width)]
-
-
 def transfer_bytes(
     arch: str, last_layer: str, pooling: str, content_hw: tuple[int, int], styles_hw: list[tuple[int, int]], batch: int
 ) -> Estimate:
     """The estimate in the module docstring, in bytes."""
-    sizes = layer_sizes(arch, last_layer, *content_hw)
-    elements = [n for _, n in sizes]
-    pools = sum(n for name, n in sizes if name.startswith("pool")) if pooling == "max" else 0
+    shapes = layer_shapes(arch, last_layer, *content_hw)
+    elements = [layer.elements for layer in shapes]
+    pools = sum(layer.elements for layer in shapes if layer.name.startswith("pool")) if pooling == "max" else 0
     image = 3 * content_hw[0] * content_hw[1]
     per_image = FLOAT_BYTES * (sum(elements) + 2 * max(elements) + 4 * image) + INDEX_BYTES * pools
     style_peak = 0
     for hw in styles_hw:
-        s = [n for _, n in layer_sizes(arch, last_layer, *hw)]
+        s = [layer.elements for layer in layer_shapes(arch, last_layer, *hw)]
         style_peak = max(style_peak, FLOAT_BYTES * max(a + b for a, b in zip(s, s[1:] + [0], strict=True)))
     weights = FLOAT_BYTES * sum(9 * i * o + o for _, i, o in conv_shapes(arch))
     grams = FLOAT_BYTES * sum(c * c for c in STAGE_CHANNELS) * max(1, len(styles_hw))

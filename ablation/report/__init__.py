@@ -6,6 +6,7 @@ HTML and CSV, published to the sweep's parent run.
     hardware  runtimes by hardware class                          figures   image grid, loss curves
     render    report.md (and html_page: report.html)              publish   files -> the parent run's artifacts
     variants  order and names of the variants                     formats   the report's number formats
+    quantities  runtime and the losses: own, judge and reported columns, labels
 
 ``python -m ablation.report --help`` for the command line.
 """
@@ -16,11 +17,4 @@ from ablation.report.load import ReportError, load_sweep
 from ablation.report.publish import publish, report_sweep
 from ablation.report.render import write_report
 
-__all__ = ["ReportError", "load_sweep", "main", "publish", "report_sweep", "write_report"]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The command line (``python -m ablation.report``), importable as ``ablation.report.main``."""
-    from ablation.report.__main__ import main as command_line  # noqa: PLC0415 - not at import: runpy runs it as __main__
-
-    return command_line(argv)
+__all__ = ["ReportError", "load_sweep", "publish", "report_sweep", "write_report"]
