@@ -21,8 +21,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from ablation.bench.probes import sync
 from ablation.engine.backends import configure_backends, set_layout
+from ablation.engine.hardware import synchronize
 from ablation.engine.network import NetworkSpec, layer_names
 from ablation.engine.prepare import Problem
 from ablation.engine.transfer import TOTAL, EngineOptions, new_state, stylize
@@ -154,9 +154,9 @@ def time_interleaved(
     samples: dict[str, list[float]] = {name: [] for name in runners}
     for round_ in range(rounds):
         for name in list(runners) if round_ % 2 == 0 else list(reversed(runners)):
-            sync(device)
+            synchronize(device)
             start = time.perf_counter()
             runners[name]()
-            sync(device)
+            synchronize(device)
             samples[name].append(1000 * (time.perf_counter() - start) / chunk)
     return samples
