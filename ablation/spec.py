@@ -145,4 +145,5 @@ def from_config(cfg: dict[str, Any]) -> RunSpec:
         match_style_colors=transfer["match_style_colors"],
         scales=tuple(run["scales"]) if run["scales"] else None,
         scale_iterations=tuple(run["scale_iterations"]) if run["scale_iterations"] else None,
+        batch_seeds=run["batch_seeds"],
     )

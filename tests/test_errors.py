@@ -11,6 +11,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +22,16 @@ from hydra.errors import HydraException
 from mlflow.tracking import MlflowClient
 
 from ablation import tracking
+from ablation.engine import memory
 from ablation.engine.images import ImageError
 from ablation.engine.inputs import DataError
-from ablation.engine.memory import MemoryEstimateError, transfer_bytes
+from ablation.engine.memory import MemoryEstimateError, planned_sizes, transfer_bytes
 from ablation.engine.network import layer_shapes
 from ablation.engine.weights import WeightsError, load_weights, random_weights
 from ablation.job import execute
 from ablation.paths import variant_names
 from ablation.run import _CLI_MARK, USER_ERRORS, debug_requested, one_line
-from ablation.spec import SpecError
+from ablation.spec import SpecError, from_config
 from tests.support import PROJECT, PYTHON, config, free_port, run_overrides, store_env
 
 
@@ -94,6 +96,21 @@ def test_memory_estimate_refuses_a_size_that_cannot_fit(store: Path) -> None:
     message = refused(store, ["images.width=200000"], MemoryEstimateError, r"200000x200000 px transfer")
     suggested = int(message.split("use images.width=")[1].split()[0])
     assert 16 <= suggested < 200000
+
+
+def test_memory_check_counts_batched_seeds(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """4 batched seeds where one seed fits but four do not: refused, naming the batch and the way out; the same
+    seeds one after another pass the check."""
+    seeds = ["run.seeds=[0,1,2,3]", "run.batch_seeds=true"]
+    spec = from_config(config(run_overrides(store, 2) + seeds))
+    sizes = planned_sizes(spec)
+    one, four = (transfer_bytes("vgg19", spec.last_layer, "max", *sizes, batch).total_bytes for batch in (1, 4))
+    monkeypatch.setattr(memory, "available_bytes", lambda device: (one + four) // 2)
+    message = refused(
+        store, seeds, MemoryEstimateError, r"16x16 px transfer of 4 batched seeds \(run\.seeds=\[0, 1, 2, 3\]\)"
+    )
+    assert "set run.batch_seeds=false (one seed after another) or use images.width=" in message
+    assert memory.check_fits(replace(spec, batch_seeds=False), torch.device("cpu")).total_bytes == one
 
 
 def test_memory_estimate_by_hand() -> None:

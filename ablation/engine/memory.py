@@ -107,18 +107,24 @@ def planned_sizes(spec: RunSpec) -> tuple[tuple[int, int], list[tuple[int, int]]
     return (ch, cw), styles
 
 
-def check_fits(spec: RunSpec, device: torch.device, batch: int = 1) -> Estimate:
-    """Refuse a run whose estimate exceeds the free memory of ``device``, naming a width that fits."""
+def check_fits(spec: RunSpec, device: torch.device) -> Estimate:
+    """Refuse a run whose estimate exceeds the free memory of ``device`` (its largest batch of seeds at once),
+    naming a width that fits, and one seed after another when a single seed would fit."""
     content_hw, styles_hw = planned_sizes(spec)
-    estimate = transfer_bytes(spec.network.arch, spec.last_layer, spec.network.pooling, content_hw, styles_hw, batch)
+    batch = max(len(seeds) for seeds in spec.seed_batches(device.type))
+    network = spec.network.arch, spec.last_layer, spec.network.pooling
+    estimate = transfer_bytes(*network, content_hw, styles_hw, batch)
     free = available_bytes(device)
     if free is not None and estimate.total_bytes > free:
         width = content_hw[1]
         room = max(free - estimate.fixed_bytes, 0) / estimate.pixel_bytes  # memory grows with width squared
         fits = int(width * math.sqrt(room) * 0.9)
+        seeds = f" of {batch} batched seeds (run.seeds={list(spec.seeds)})" if batch > 1 else ""
+        one_by_one = batch > 1 and transfer_bytes(*network, content_hw, styles_hw, 1).total_bytes <= free
         raise MemoryEstimateError(
-            f"a {content_hw[1]}x{content_hw[0]} px transfer (images.width={spec.images.width}) needs about "
+            f"a {content_hw[1]}x{content_hw[0]} px transfer{seeds} (images.width={spec.images.width}) needs about "
             f"{estimate.total_bytes / 2**30:.1f} GiB on {device}, which has {free / 2**30:.1f} GiB free: "
-            f"use images.width={fits} or less (or run.memory_check=false to try anyway)"
+            + ("set run.batch_seeds=false (one seed after another) or " if one_by_one else "")
+            + f"use images.width={fits} or less (or run.memory_check=false to try anyway)"
         )
     return estimate
