@@ -141,3 +141,25 @@ def stop_group(proc: subprocess.Popen, timeout_s: float = 30) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.2)
+
+
+@contextmanager
+def using_store(uri: str) -> Iterator[None]:
+    """The store functions (which read MLFLOW_TRACKING_URI, as a job does) pointed at ``uri`` for a block."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["MLFLOW_TRACKING_URI"]
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def job_records(uri: str, parent_run_id: str) -> dict[int, dict[str, Any]]:
+    """A sweep's job records as the report reads them, from the store at ``uri``."""
+    from ablation.store.sweeps import read_job_records  # noqa: PLC0415 - imports MLflow: only the tests that need it
+
+    with using_store(uri):
+        return read_job_records(parent_run_id)

@@ -21,7 +21,6 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from mlflow.tracking import MlflowClient
 
-from ablation import tracking
 from ablation.engine import memory
 from ablation.engine.images import ImageError
 from ablation.engine.inputs import DataError
@@ -32,6 +31,7 @@ from ablation.job import execute
 from ablation.paths import variant_names
 from ablation.run import _CLI_MARK, USER_ERRORS, debug_requested, one_line
 from ablation.spec import SpecError, from_config
+from ablation.store.connection import TrackingError
 from tests.support import PROJECT, PYTHON, config, free_port, run_overrides, store_env
 
 
@@ -176,7 +176,7 @@ def test_unreachable_tracking_server_fails_before_computing(tmp_path: Path, monk
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:hunter2secret@127.0.0.1:{free_port()}")
     started = time.perf_counter()
     with pytest.raises(
-        tracking.TrackingError, match=r"MLFLOW_TRACKING_URI=http://user:\*\*\*@127\.0\.0\.1:\d+ does not answer"
+        TrackingError, match=r"MLFLOW_TRACKING_URI=http://user:\*\*\*@127\.0\.0\.1:\d+ does not answer"
     ) as caught:
         execute(config(run_overrides(tmp_path, 2)))
     assert time.perf_counter() - started < 10  # not MLflow's minutes of retries

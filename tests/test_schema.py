@@ -15,7 +15,7 @@ from ablation.engine.losses import LossWeights
 from ablation.engine.network import NetworkSpec
 from ablation.engine.transfer import AdamSettings
 from ablation.paths import CONF_DIR
-from ablation.tracking import flatten
+from ablation.store.runlog import flatten
 
 GROUP_FILES = {group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) for group in ("variant", "optim",
                "weights", "images", "experiment")}  # fmt: skip
