@@ -49,6 +49,8 @@ def client() -> MlflowClient:
 @functools.lru_cache(maxsize=8)
 def raw_client(uri: str) -> MlflowClient:
     """MLflow's own client of ``uri``: one attempt per call (and MLflow's retries)."""
+    # MLflow draws a progress bar for every download, even of one small file: noise in a job's log
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return MlflowClient(tracking_uri=uri)
 
 
