@@ -19,7 +19,7 @@ SWEEP ?=
 
 comma := ,
 space := $(subst ,, )
-.PHONY: help install demo test lint ui server sweep report tune bench slurm-up slurm-down
+.PHONY: help install demo test lint ui server sweep report tune bench slurm-up slurm-down postgres-up postgres-down
 help:  ## every target with what it does
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
 
@@ -61,13 +61,24 @@ ui: install  ## MLflow UI on the project's store, bound to 127.0.0.1
 
 SERVER_HOST ?= 127.0.0.1
 SERVER_PORT ?= 5000
+SERVER_WORKERS ?= 1
 STORE_DIR ?= $(CURDIR)/runs
-# STORE_URI: the server's backend store, e.g. postgresql://USER:PASSWORD@HOST:5432/mlflow (README, Cluster)
+# STORE_URI: the server's backend store, e.g. postgresql://USER@HOST:5432/mlflow with the password in ~/.pgpass
+# (docs/cluster.md); SERVER_WORKERS > 1 only on PostgreSQL. SERVER_AUTH=1: only its users get in (MLflow's
+# basic-auth app; the admin's password from MLFLOW_AUTH_ADMIN_PASSWORD or $(STORE_DIR)/auth/admin-password).
+# SERVER_ARGS: more of `python -m ablation.store.server --help` (--dry-run prints the mlflow command).
 STORE_URI ?= sqlite:///$(STORE_DIR)/mlflow.db
+SERVER_AUTH ?=
+SERVER_ARGS ?=
 server: install  ## MLflow tracking server on the project's store; set MLFLOW_TRACKING_URI=http://$(SERVER_HOST):$(SERVER_PORT)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server \
-		--backend-store-uri $(STORE_URI) --artifacts-destination $(STORE_DIR)/artifacts \
-		--host $(SERVER_HOST) --port $(SERVER_PORT) --workers 1
+	$(PY) -m ablation.store.server --store-dir $(STORE_DIR) --store-uri $(STORE_URI) \
+		--host $(SERVER_HOST) --port $(SERVER_PORT) --workers $(SERVER_WORKERS) $(if $(SERVER_AUTH),--auth) $(SERVER_ARGS)
+
+postgres-up:  ## a private PostgreSQL on 127.0.0.1:55432 (installs Debian's postgresql if missing), then its URI
+	.ci/postgres up
+
+postgres-down:  ## stop the PostgreSQL of make postgres-up (by its pid)
+	.ci/postgres down
 
 BENCH_ARGS ?=
 bench: install  ## the benchmark: engine vs baselines, machine peaks, targets (reports/bench/bench.md); BENCH_ARGS=--quick
