@@ -40,14 +40,18 @@ sweep: install  ## the experiment's variants x seeds; jobs with a FINISHED run o
 		$(if $(SIZE),images.width=$(SIZE)) $(if $(ITER),run.iterations=$(ITER)) $(if $(SEEDS),run.seed=$(SEEDS)) \
 		$(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(filter joblib,$(LAUNCHER)),hydra.launcher.n_jobs=$(N_JOBS)) $(SWEEP_ARGS)
 
-# make tune: one Optuna study per variant (VARIANTS=original,vgg16 ...; default every file of conf/variant), TRIALS each
+# make tune: one Optuna study per variant (VARIANTS=original,vgg16 ...; default every file of conf/variant), TRIALS each;
+# STUDY_STORAGE=sqlite:///$(CURDIR)/runs/optuna.db or postgresql://USER@HOST:5432/optuna keeps the studies, so a
+# killed tuner's re-run continues its study (docs/cluster.md, Tuning)
+STUDY_STORAGE ?=
 VARIANTS ?= $(subst $(space),$(comma),$(sort $(basename $(notdir $(wildcard conf/variant/*.yaml)))))
 TRIALS ?= 20
 tune: install  ## tune content/style/TV weights per variant to minimise the judge's total (experiment=tune)
 	for v in $(subst $(comma), ,$(VARIANTS)); do \
 		$(PY) -m ablation.run -m experiment=tune variant=$$v hydra.sweeper.n_trials=$(TRIALS) \
 			$(if $(SIZE),images.width=$(SIZE)) $(if $(ITER),run.iterations=$(ITER)) \
-			$(if $(WEIGHTS),weights=$(WEIGHTS)) $(SWEEP_ARGS) || exit 1; \
+			$(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(STUDY_STORAGE),hydra.sweeper.storage=$(STUDY_STORAGE)) \
+			$(SWEEP_ARGS) || exit 1; \
 	done
 
 report: install  ## reports/<sweep>/report.md from the latest sweep (or SWEEP=<sweep id>)

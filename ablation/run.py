@@ -138,7 +138,7 @@ def cli() -> None:
     os.environ["HYDRA_FULL_ERROR"] = os.environ[_CLI_MARK] = "1"
     try:
         main()
-    except (HydraException, OmegaConfBaseException) as err:
+    except (HydraException, OmegaConfBaseException, *USER_ERRORS) as err:  # a user error from a sweeper, too
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
 
