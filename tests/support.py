@@ -163,12 +163,12 @@ class Postgres:
         import psycopg  # noqa: PLC0415 - only the PostgreSQL tests need it
 
         name = f"{prefix}_{os.getpid()}_{time.monotonic_ns()}"
-        with psycopg.connect(self.uri("postgres"), autocommit=True) as admin:
+        with using_env(self.env), psycopg.connect(self.uri("postgres"), autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{name}"')
         try:
             yield self.uri(name)
         finally:
-            with psycopg.connect(self.uri("postgres"), autocommit=True) as admin:
+            with using_env(self.env), psycopg.connect(self.uri("postgres"), autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 

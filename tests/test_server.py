@@ -111,6 +111,7 @@ def test_auth_makes_an_owner_only_password_once_and_keeps_it_off_the_command(
         launcher.auth_env(args)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", list(SWEEPS))
 def test_two_variant_sweep_against_a_real_server(server: str, tmp_path: Path, launcher: str) -> None:
     env = store_env(tmp_path) | {"MLFLOW_TRACKING_URI": server}

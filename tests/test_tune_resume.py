@@ -2,8 +2,8 @@
 
 The tuner (``experiment=tune``, 4 trials) keeps its study in sqlite or in PostgreSQL (``make postgres-up``; that
 case skips without it, and fails under CI=true). It is stopped with SIGTERM (as ``scancel`` or Ctrl-C would)
-while its third trial is running, then run again with the same command. Expected, read back from the study
-and from MLflow: the two finished trials are kept as they were; the interrupted one is run again first with the
+while a trial after the first two is running, then run again with the same command. Expected, read back from
+the study and from MLflow: the finished trials are kept as they were; the interrupted one is run again first with the
 same parameters and its MLflow run continues from its checkpoint (``resume_count`` 1); the study ends with 4
 finished trials and has grown by the re-run's.
 """
@@ -47,17 +47,17 @@ def job_runs(client: MlflowClient) -> list:
     return [r for r in runs if r.data.tags.get("sweep_role") != "parent"]
 
 
-def wait_for_third_trial(client: MlflowClient, tuner: subprocess.Popen, timeout_s: float = 300) -> None:
-    """Until two trials' runs are FINISHED and a third has logged steps (its loop runs: SIGTERM stops it cleanly)."""
+def wait_for_a_later_trial(client: MlflowClient, tuner: subprocess.Popen, timeout_s: float = 300) -> None:
+    """Until two trials' runs are FINISHED and another has logged steps (its loop runs: SIGTERM stops it cleanly)."""
     deadline = time.monotonic() + timeout_s
     while True:
         runs = job_runs(client)
         finished = [r for r in runs if r.info.status == "FINISHED"]
         running = [r for r in runs if r.info.status == "RUNNING" and int(r.data.tags.get("logged_step", -1)) >= 10]
-        if len(finished) == 2 and running:
+        if len(finished) >= 2 and running:
             return
         assert tuner.poll() is None, tuner.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, f"no third trial running after {timeout_s} s: {len(finished)} finished"
+        assert time.monotonic() < deadline, f"no later trial running after {timeout_s} s: {len(finished)} finished"
         time.sleep(0.2)
 
 
@@ -85,7 +85,7 @@ def test_a_killed_tuner_is_continued_by_its_rerun(study_storage: tuple[str, dict
     tuner = subprocess.Popen(
         tune_command(tmp_path, storage, "first"), cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    wait_for_third_trial(client, tuner)
+    wait_for_a_later_trial(client, tuner)
     tuner.send_signal(signal.SIGTERM)
     _, err = tuner.communicate(timeout=120)
     assert tuner.returncode == 128 + signal.SIGTERM, err.decode()[-3000:]
@@ -94,19 +94,21 @@ def test_a_killed_tuner_is_continued_by_its_rerun(study_storage: tuple[str, dict
         before = trials(storage)
     done_before = {t.number: (t.params, t.value) for t in before if t.state == TrialState.COMPLETE}
     (cut,) = [t for t in before if t.state == TrialState.RUNNING]  # the tuner's mark names it and its dead process
-    assert len(done_before) == 2 and len(before) == 3 and _study.tuner_gone(cut.system_attrs[_study.TUNER_ATTR])
+    done = len(done_before)  # 2, or 3 on a machine fast enough to finish the third before the test sees it
+    assert 2 <= done < TRIALS and len(before) == done + 1
+    assert _study.tuner_gone(cut.system_attrs[_study.TUNER_ATTR])
     (killed,) = [r for r in job_runs(client) if r.info.status == "KILLED"]
 
     again = subprocess.run(
         tune_command(tmp_path, storage, "again"), cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600
     )
     assert again.returncode == 0, again.stderr[-3000:]
-    line = f"study tune-original: 2 of {TRIALS} trials done, 2 to go (trials [{cut.number}] again: their tuner ended)"
-    assert line in again.stdout  # Hydra's log of the sweep
+    line = f"{done} of {TRIALS} trials done, {TRIALS - done} to go (trials [{cut.number}] again: their tuner ended)"
+    assert f"study tune-original: {line}" in again.stdout  # Hydra's log of the sweep
 
     with using_env(pg_env):
         after = trials(storage)
-    assert len(after) == len(before) + 2  # grown by the re-run: the interrupted trial again, and one new trial
+    assert len(after) == len(before) + TRIALS - done  # grown by the re-run: the interrupted trial again, then new ones
     assert {t.number: (t.params, t.value) for t in after if t.number in done_before} == done_before
     assert [t.state for t in after if t.number == cut.number] == [TrialState.FAIL]
     complete = [t for t in after if t.state == TrialState.COMPLETE]
