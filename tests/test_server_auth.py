@@ -27,6 +27,9 @@ from mlflow.server import get_app_client
 from mlflow.tracking import MlflowClient
 
 from ablation import report
+from ablation.store import connection
+from ablation.store.connection import TrackingError
+from ablation.store.runlog import RunLog
 from tests.support import PROJECT, PYTHON, make_server, run_overrides, store_env, using_env
 
 pytestmark = pytest.mark.slow
@@ -192,28 +195,31 @@ def test_a_read_only_user_reads_but_cannot_write(auth_server: AuthServer, alice_
     assert after.data.metrics == run.data.metrics and after.info.lifecycle_stage == "active"
 
 
-@pytest.mark.parametrize(
-    ("user", "password", "line"),
-    [
-        (None, None, "lets in only its users: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
-        ("alice", "not-alices-password", "refused user 'alice' (HTTP 401)"),
-        ("bob", None, "user 'bob' may read but not write here (HTTP 403)"),
-    ],
-)
-def test_a_refused_run_ends_in_one_line(
-    auth_server: AuthServer, alice_sweep, user: str | None, password: str | None, line: str, tmp_path: Path
-) -> None:
+def test_a_run_without_a_password_ends_in_one_line(auth_server: AuthServer, alice_sweep, tmp_path: Path) -> None:
     done = subprocess.run(
         [PYTHON, "-m", "ablation.run", *run_overrides(tmp_path, 2)],
         cwd=PROJECT,
-        env=auth_server.env(user, password),
+        env=auth_server.env(None),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 2, done.stderr[-2000:]
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and line in lines[0], done.stderr[-2000:]
+    line = "lets in only its users: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    assert done.stderr.strip().splitlines() == [f"error: {auth_server.uri} {line} (docs/cluster.md, Only its users)"]
+
+
+def test_a_wrong_password_or_a_reader_writing_is_one_clear_line(auth_server: AuthServer, alice_sweep) -> None:
+    """The same refusals in process: where a job meets them (opening the store, creating its run)."""
+    wrong = {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "not-alices-password"}
+    with using_env(wrong | {"MLFLOW_TRACKING_URI": auth_server.uri}), pytest.raises(TrackingError) as refused:
+        connection.open_store(EXPERIMENT)
+    check = "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    assert str(refused.value) == f"{auth_server.uri} refused user 'alice' (HTTP 401): {check}"
+    with using_env(as_user(auth_server, "bob") | {"MLFLOW_TRACKING_URI": auth_server.uri}):
+        experiment_id = connection.open_store(EXPERIMENT)  # bob may read it
+        with pytest.raises(TrackingError, match=r"user 'bob' may read but not write here \(HTTP 403\): ask"):
+            RunLog.create(experiment_id, "bobs-run", {})
 
 
 def test_no_password_is_stored_or_logged(auth_server: AuthServer, alice_sweep, tmp_path: Path) -> None:
