@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from ablation import report
 from ablation.engine.errors import UserError
+from ablation.report.__main__ import main as report_main
 from ablation.store import server as launcher
 from tests.support import PROJECT, PYTHON, make_server, run_overrides, store_env
 
@@ -146,7 +146,7 @@ def test_two_variant_sweep_against_a_real_server(server: str, tmp_path: Path, la
     # the report is built from the server, as on a cluster
     os.environ["MLFLOW_TRACKING_URI"] = server
     try:
-        assert report.main(["--out", str(tmp_path / "reports")]) == 0
+        assert report_main(["--out", str(tmp_path / "reports")]) == 0
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
     (folder,) = (tmp_path / "reports").iterdir()

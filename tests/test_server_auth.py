@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
 from mlflow.tracking import MlflowClient
 
-from ablation import report
+from ablation.report.__main__ import main as report_main
 from ablation.store import connection
 from ablation.store.connection import TrackingError
 from ablation.store.runlog import RunLog
@@ -142,7 +142,7 @@ def test_a_sweep_and_its_report_work_through_the_server(auth_server: AuthServer,
     assert sorted(r.data.tags["variant"] for r in jobs) == ["avg_pool", "original"]
     assert all(r.info.status == "FINISHED" for r in runs)
     with using_env(as_user(auth_server, "alice") | {"MLFLOW_TRACKING_URI": auth_server.uri}):
-        assert report.main(["--out", str(tmp_path / "reports")]) == 0
+        assert report_main(["--out", str(tmp_path / "reports")]) == 0
     (folder,) = (tmp_path / "reports").iterdir()
     assert "Average pooling" in (folder / "report.md").read_text() and (folder / "grid.png").stat().st_size > 0
 
