@@ -75,7 +75,7 @@ STORE_URI ?= sqlite:///$(STORE_DIR)/mlflow.db
 SERVER_AUTH ?=
 SERVER_ARGS ?=
 server: install  ## MLflow tracking server on the project's store; set MLFLOW_TRACKING_URI=http://$(SERVER_HOST):$(SERVER_PORT)
-	$(PY) -m ablation.store.server --store-dir $(STORE_DIR) --store-uri $(STORE_URI) \
+	$(PY) -m ablation.store.server --store-dir '$(STORE_DIR)' --store-uri '$(STORE_URI)' \
 		--host $(SERVER_HOST) --port $(SERVER_PORT) --workers $(SERVER_WORKERS) $(if $(SERVER_AUTH),--auth) $(SERVER_ARGS)
 
 postgres-up:  ## a private PostgreSQL on 127.0.0.1:55432 (installs Debian's postgresql if missing), then its URI
