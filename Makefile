@@ -19,7 +19,7 @@ SWEEP ?=
 
 comma := ,
 space := $(subst ,, )
-.PHONY: help install demo test lint ui server sweep report tune bench slurm-up slurm-down
+.PHONY: help install demo test lint ui server sweep report tune bench slurm-up slurm-down postgres-up postgres-down
 help:  ## every target with what it does
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
 
@@ -40,14 +40,18 @@ sweep: install  ## the experiment's variants x seeds; jobs with a FINISHED run o
 		$(if $(SIZE),images.width=$(SIZE)) $(if $(ITER),run.iterations=$(ITER)) $(if $(SEEDS),run.seed=$(SEEDS)) \
 		$(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(filter joblib,$(LAUNCHER)),hydra.launcher.n_jobs=$(N_JOBS)) $(SWEEP_ARGS)
 
-# make tune: one Optuna study per variant (VARIANTS=original,vgg16 ...; default every file of conf/variant), TRIALS each
+# make tune: one Optuna study per variant (VARIANTS=original,vgg16 ...; default every file of conf/variant), TRIALS each;
+# STUDY_STORAGE=sqlite:///$(CURDIR)/runs/optuna.db or postgresql://USER@HOST:5432/optuna keeps the studies, so a
+# killed tuner's re-run continues its study (docs/cluster.md, Tuning)
+STUDY_STORAGE ?=
 VARIANTS ?= $(subst $(space),$(comma),$(sort $(basename $(notdir $(wildcard conf/variant/*.yaml)))))
 TRIALS ?= 20
 tune: install  ## tune content/style/TV weights per variant to minimise the judge's total (experiment=tune)
 	for v in $(subst $(comma), ,$(VARIANTS)); do \
 		$(PY) -m ablation.run -m experiment=tune variant=$$v hydra.sweeper.n_trials=$(TRIALS) \
 			$(if $(SIZE),images.width=$(SIZE)) $(if $(ITER),run.iterations=$(ITER)) \
-			$(if $(WEIGHTS),weights=$(WEIGHTS)) $(SWEEP_ARGS) || exit 1; \
+			$(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(STUDY_STORAGE),hydra.sweeper.storage=$(STUDY_STORAGE)) \
+			$(SWEEP_ARGS) || exit 1; \
 	done
 
 report: install  ## reports/<sweep>/report.md from the latest sweep (or SWEEP=<sweep id>)
@@ -61,13 +65,24 @@ ui: install  ## MLflow UI on the project's store, bound to 127.0.0.1
 
 SERVER_HOST ?= 127.0.0.1
 SERVER_PORT ?= 5000
+SERVER_WORKERS ?= 1
 STORE_DIR ?= $(CURDIR)/runs
-# STORE_URI: the server's backend store, e.g. postgresql://USER:PASSWORD@HOST:5432/mlflow (docs/cluster.md)
+# STORE_URI: the server's backend store, e.g. postgresql://USER@HOST:5432/mlflow with the password in ~/.pgpass
+# (docs/cluster.md); SERVER_WORKERS > 1 only on PostgreSQL. SERVER_AUTH=1: only its users get in (MLflow's
+# basic-auth app; the admin's password from MLFLOW_AUTH_ADMIN_PASSWORD or $(STORE_DIR)/auth/admin-password).
+# SERVER_ARGS: more of `python -m ablation.store.server --help` (--dry-run prints the mlflow command).
 STORE_URI ?= sqlite:///$(STORE_DIR)/mlflow.db
+SERVER_AUTH ?=
+SERVER_ARGS ?=
 server: install  ## MLflow tracking server on the project's store; set MLFLOW_TRACKING_URI=http://$(SERVER_HOST):$(SERVER_PORT)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server \
-		--backend-store-uri $(STORE_URI) --artifacts-destination $(STORE_DIR)/artifacts \
-		--host $(SERVER_HOST) --port $(SERVER_PORT) --workers 1
+	$(PY) -m ablation.store.server --store-dir '$(STORE_DIR)' --store-uri '$(STORE_URI)' \
+		--host $(SERVER_HOST) --port $(SERVER_PORT) --workers $(SERVER_WORKERS) $(if $(SERVER_AUTH),--auth) $(SERVER_ARGS)
+
+postgres-up:  ## a private PostgreSQL on 127.0.0.1:55432 (installs Debian's postgresql if missing), then its URI
+	.ci/postgres up
+
+postgres-down:  ## stop the PostgreSQL of make postgres-up (by its pid)
+	.ci/postgres down
 
 BENCH_ARGS ?=
 bench: install  ## the benchmark: engine vs baselines, machine peaks, targets (reports/bench/bench.md); BENCH_ARGS=--quick

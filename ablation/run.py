@@ -37,9 +37,19 @@ TRACKING_LOST_EXIT = 75
 
 
 def tune_value(results: dict[str, Any], objective: str) -> float:
-    """The objective of a finished or skipped job (read back from its run); +inf for a failed one."""
+    """The objective of a finished or skipped job (read back from its run); +inf for a failed one.
+
+    A job skipped because a live RUNNING run has its fingerprint has no value yet: an error, not +inf, so the
+    trial fails instead of misleading the sampler (a tuner re-run within ``run.heartbeat_limit_s`` of a SIGKILL).
+    """
     if results.get("status") == Outcome.SKIPPED:
-        return float(reader.get_run(results["run_id"]).data.metrics.get(objective, float("inf")))
+        run = reader.get_run(results["run_id"])
+        if run.info.status != "FINISHED":
+            raise UserError(
+                f"trial's run {run.info.run_id} is {run.info.status} with a recent heartbeat (run.heartbeat_limit_s): "
+                "its value is not known yet; run the tuner again when that run has ended or its heartbeat is older"
+            )
+        return float(run.data.metrics.get(objective, float("inf")))
     return float(results.get(objective, float("inf")))
 
 
@@ -146,7 +156,7 @@ def cli() -> None:
     os.environ["HYDRA_FULL_ERROR"] = os.environ[_CLI_MARK] = "1"
     try:
         main()
-    except (HydraException, OmegaConfBaseException) as err:
+    except (HydraException, OmegaConfBaseException, *USER_ERRORS) as err:  # a user error from a sweeper, too
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
 

@@ -25,6 +25,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from ablation.engine.errors import UserError
 from ablation.store import connection, sweeps, tolerance
 from ablation.store.outcome import Outcome, outcome_record, status_of
 from ablation.store.sweeps import SweepJob
@@ -92,12 +93,18 @@ class SweepCallback(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """The store, the experiment and the parent run; a store that cannot be used ends the sweep in one line
+        (Hydra would only warn about an exception here and start every job against that store)."""
         configure(config)
-        experiment_id = connection.open_store(str(config.tracking.experiment))  # schema + experiment
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()  # resolved once here; jobs see the same value
         name = OmegaConf.select(config, "hydra.runtime.choices.experiment") or "sweep"
         overrides = list(OmegaConf.to_container(config.hydra.overrides.task))
-        parent = sweeps.create_parent(experiment_id, name, time.strftime("%Y%m%d-%H%M%S"), sweep_dir, overrides)
+        try:
+            experiment_id = connection.open_store(str(config.tracking.experiment))  # schema + experiment
+            parent = sweeps.create_parent(experiment_id, name, time.strftime("%Y%m%d-%H%M%S"), sweep_dir, overrides)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
         print(
             f"sweep {parent.sweep_id}: parent run {parent.parent_run_id} in {connection.tracking_uri()}",
             file=sys.stderr,

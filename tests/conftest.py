@@ -1,4 +1,4 @@
-"""Shared fixtures: the shared folder beside the checkout, seeded random weights, a private MLflow store."""
+"""Shared fixtures: the shared folder beside the checkout, seeded random weights, a private MLflow store, PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ablation.engine.weights import VGGWeights, random_weights
-from tests.support import DATA_DIR, PROJECT
+from tests.support import DATA_DIR, PROJECT, Postgres, find_postgres
 
 SHARED = PROJECT.parent / "shared"
 
@@ -50,3 +50,9 @@ def store(tmp_path, monkeypatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("ABLATION_DATA_DIR", str(DATA_DIR))
     return uri
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Postgres:
+    """The PostgreSQL of ``make postgres-up``; its tests skip without one (and fail under CI=true)."""
+    return find_postgres()

@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
@@ -98,45 +100,128 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def not_here(reason: str) -> None:
+    """Skip, or fail under CI=true: CI must run every cluster, PostgreSQL and server test."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
+def wait_healthy(uri: str, proc: subprocess.Popen, log: Path, timeout_s: float = 90) -> None:
+    """Until ``uri``/health answers 200 (unauthenticated even with basic-auth); fail if the server exits."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        assert proc.poll() is None, log.read_text()[-2000:]
+        assert time.monotonic() < deadline, f"mlflow server did not answer within {timeout_s:.0f} s"
+        time.sleep(0.5)
+
+
 @contextmanager
-def make_server(folder: Path, port: int | None = None) -> Iterator[tuple[str, int]]:
+def make_server(
+    folder: Path, *make_args: str, env: Mapping[str, str] | None = None, port: int | None = None
+) -> Iterator[tuple[str, int]]:
     """``make server`` on a free loopback port (or ``port``) with its store in ``folder``: its URI and process group
-    id, once /health answers; stopped (the whole group) afterwards."""
+    id, once /health answers; stopped (the whole group) afterwards. ``make_args`` (``STORE_URI=...``,
+    ``SERVER_WORKERS=4``, ``SERVER_AUTH=1``) and ``env`` (``PGPASSFILE``, the admin's password) go to make."""
     port = port or free_port()
-    proc = start_server(folder, port)
+    proc = start_server(folder, port, *make_args, env=env)
     try:
         yield f"http://127.0.0.1:{port}", proc.pid
     finally:
         stop_group(proc)
 
 
-def start_server(folder: Path, port: int) -> subprocess.Popen:
-    """``make server`` on ``port`` with its store in ``folder`` (``folder/store``), once /health answers; its log is
-    appended to ``folder/server.log``. The caller stops it with :func:`stop_group` (or restarts it: same store)."""
+def start_server(folder: Path, port: int, *make_args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """``make server`` on ``port`` with its store in ``folder`` (``folder/store``, or ``STORE_URI=...`` among
+    ``make_args``), once /health answers; its log appended to ``folder/server.log``. The caller stops it with
+    :func:`stop_group`, and may start it again on the same port and store (a restart)."""
     with open(folder / "server.log", "a") as log:
         proc = subprocess.Popen(
-            ["make", "-s", "-o", "install", "server", f"SERVER_PORT={port}", f"STORE_DIR={folder / 'store'}"],
+            ["make", "-s", "-o", "install", "server", f"SERVER_PORT={port}", f"STORE_DIR={folder / 'store'}",
+             *make_args],
             cwd=PROJECT,
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
             start_new_session=True,  # its own process group: the server's workers stop with it
-        )
-    uri = f"http://127.0.0.1:{port}"
+        )  # fmt: skip
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return proc
-            except OSError:
-                pass
-            assert proc.poll() is None, (folder / "server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer within 90 s"
-            time.sleep(0.5)
+        wait_healthy(f"http://127.0.0.1:{port}", proc, folder / "server.log")
     except BaseException:
         stop_group(proc)
         raise
+    return proc
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A PostgreSQL server the tests may create databases on (``.ci/postgres up``): its URI without a database,
+    and the environment that carries its password (``PGPASSFILE``), never the URI."""
+
+    base_uri: str
+    env: dict[str, str]
+
+    def uri(self, database: str) -> str:
+        return f"{self.base_uri}/{database}"
+
+    @contextmanager
+    def database(self, prefix: str = "test") -> Iterator[str]:
+        """A fresh database for one test (MLflow's or Optuna's tables from scratch), dropped afterwards."""
+        import psycopg  # noqa: PLC0415 - only the PostgreSQL tests need it
+
+        name = f"{prefix}_{os.getpid()}_{time.monotonic_ns()}"
+        with using_env(self.env), psycopg.connect(self.uri("postgres"), autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield self.uri(name)
+        finally:
+            with using_env(self.env), psycopg.connect(self.uri("postgres"), autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def find_postgres() -> Postgres:
+    """The PostgreSQL of ``.ci/postgres up`` (or ``ABLATION_POSTGRES_URI`` with ``PGPASSFILE``), once it answers;
+    skips (fails under CI=true) with the reason when there is none."""
+    try:
+        import psycopg  # noqa: PLC0415 - only the PostgreSQL tests need it
+    except ImportError:
+        not_here("psycopg is missing: pip install -e '.[postgres]'")
+    base = os.environ.get("ABLATION_POSTGRES_URI")
+    env = {k: os.environ[k] for k in ("PGPASSFILE", "PGPASSWORD") if k in os.environ}
+    if not base:
+        lines = subprocess.run([PROJECT / ".ci" / "postgres", "env"], capture_output=True, text=True).stdout
+        found = dict(line.removeprefix("export ").split("=", 1) for line in lines.splitlines() if "=" in line)
+        if "ABLATION_POSTGRES_URI" not in found:
+            not_here("no PostgreSQL: start one with `make postgres-up` (.ci/postgres up; docs/cluster.md)")
+        base, env = found["ABLATION_POSTGRES_URI"], {"PGPASSFILE": found["PGPASSFILE"]}
+    server = Postgres(base.rstrip("/"), env)
+    try:
+        with using_env(env), psycopg.connect(server.uri("postgres"), connect_timeout=5):
+            pass
+    except psycopg.OperationalError as err:
+        not_here(f"PostgreSQL at {base} does not answer ({str(err).strip().splitlines()[0]}): make postgres-up")
+    return server
+
+
+@contextmanager
+def using_env(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` in os.environ for a block (in-process clients: psycopg reads PGPASSFILE from there)."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def stop_group(proc: subprocess.Popen, timeout_s: float = 30, sig: int = signal.SIGTERM) -> None:

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from ablation.engine.errors import UserError
 from ablation.report.__main__ import main as report_main
+from ablation.store import server as launcher
 from tests.support import PROJECT, PYTHON, make_server, run_overrides, store_env
 
 #: launcher name -> extra Hydra arguments for ``python -m ablation.run -m``
@@ -40,12 +42,76 @@ def server(tmp_path: Path) -> Iterator[str]:
         yield uri
 
 
-def test_make_server_binds_loopback_by_default() -> None:
-    dry = subprocess.run(["make", "-n", "-o", "install", "server"], cwd=PROJECT, capture_output=True, text=True)
-    assert "--host 127.0.0.1" in dry.stdout and "--workers 1" in dry.stdout
-    assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in dry.stdout
+def make_server_command(*make_args: str) -> subprocess.CompletedProcess:
+    """What ``make server ARGS`` would start (the launcher's --dry-run): the mlflow server command line."""
+    return subprocess.run(
+        ["make", "-s", "-o", "install", "server", "SERVER_ARGS=--dry-run", *make_args],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
+def test_make_server_binds_loopback_with_one_worker_by_default() -> None:
+    done = make_server_command()
+    assert done.returncode == 0, done.stderr
+    runs = PROJECT / "runs"
+    expected = (
+        f"-m mlflow server --backend-store-uri sqlite:///{runs}/mlflow.db --artifacts-destination {runs}/artifacts "
+        "--host 127.0.0.1 --port 5000 --workers 1"
+    )
+    assert done.stdout.strip().endswith(expected), done.stdout
+    assert launcher.SERVER_ENV == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def test_make_server_takes_a_postgresql_store_and_workers() -> None:
+    """``STORE_URI=postgresql://...`` reaches ``mlflow server`` unchanged, and four workers are allowed there."""
+    uri = "postgresql://nst@127.0.0.1:5432/mlflow"
+    done = make_server_command(f"STORE_URI={uri}", "SERVER_WORKERS=4", "SERVER_AUTH=1")
+    assert done.returncode == 0, done.stderr
+    assert f"--backend-store-uri {uri} " in done.stdout and "--workers 4 --app-name basic-auth" in done.stdout
+
+
+@pytest.mark.parametrize("store", ["", "STORE_URI=sqlite:////tmp/elsewhere.db"])
+def test_more_workers_on_sqlite_are_refused_in_one_line(store: str) -> None:
+    done = make_server_command("SERVER_WORKERS=4", *([store] if store else []))
+    assert done.returncode == 2 and done.stdout == ""
+    (line,) = [line for line in done.stderr.splitlines() if not line.startswith("make: ***")]
+    assert line.startswith("make server: --workers 4 needs a PostgreSQL store (STORE_URI=postgresql://...)")
+
+
+def test_a_secret_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "admin-password"
+    secret.write_text("a-password-of-some-length\n")
+    secret.chmod(0o640)
+    with pytest.raises(UserError, match=f"readable by others \\(mode 640.*chmod 600 {secret}"):
+        launcher.read_owner_only(secret)
+    secret.chmod(0o600)
+    assert launcher.read_owner_only(secret) == "a-password-of-some-length"
+
+
+def test_auth_makes_an_owner_only_password_once_and_keeps_it_off_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(launcher.ADMIN_PASSWORD_ENV, raising=False)
+    monkeypatch.delenv(launcher.SECRET_KEY_ENV, raising=False)
+    args = launcher.parse_args(["--store-dir", str(tmp_path), "--auth"])
+    env = launcher.auth_env(args)
+    made = tmp_path / "auth" / "admin-password"
+    assert made.stat().st_mode & 0o777 == 0o600 and (tmp_path / "auth").stat().st_mode & 0o777 == 0o700
+    password = env[launcher.ADMIN_PASSWORD_ENV]
+    assert len(password) >= launcher.MIN_PASSWORD_CHARS and made.read_text().strip() == password
+    assert launcher.auth_env(args)[launcher.ADMIN_PASSWORD_ENV] == password  # the second start reads the same file
+    settings = Path(env["MLFLOW_AUTH_CONFIG_PATH"]).read_text()
+    assert "default_permission = READ" in settings and f"sqlite:///{tmp_path}/auth/users.db" in settings
+    assert password not in settings and password not in " ".join(launcher.command(args))
+    monkeypatch.setenv(launcher.ADMIN_PASSWORD_ENV, "short")
+    with pytest.raises(UserError, match="has 5 characters: MLflow wants 12"):
+        launcher.auth_env(args)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", list(SWEEPS))
 def test_two_variant_sweep_against_a_real_server(server: str, tmp_path: Path, launcher: str) -> None:
     env = store_env(tmp_path) | {"MLFLOW_TRACKING_URI": server}

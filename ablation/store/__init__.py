@@ -7,4 +7,5 @@ lookup     runs by fingerprint and status: finished (skip), resumable, live or d
 sweeps     a sweep's parent run, the file its jobs find it by, one record per job, its counts
 outcome    the outcome vocabulary of a job (finished, skipped, failed, killed, lost, running)
 reader     what the report reads (parents, runs, histories, artifacts) and where it publishes
+server     make server: checks (workers on sqlite, secrets' file modes), basic-auth's settings, then mlflow server
 """

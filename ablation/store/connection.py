@@ -132,6 +132,43 @@ def _health(uri: str, timeout_s: float) -> None:
         raise ConnectionError(str(err.reason)) from err
 
 
+#: MLflow's error codes for a server that refused who the client is (HTTP 401) or what it asked (HTTP 403).
+UNAUTHENTICATED, PERMISSION_DENIED = "UNAUTHENTICATED", "PERMISSION_DENIED"
+
+
+def refusal(err: BaseException, uri: str) -> str | None:
+    """One line for a server that lets in only its users (``make server SERVER_AUTH=1``) and refused this one;
+    None for any other error. The client sends ``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD``."""
+    code = getattr(err, "error_code", None)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    where = redact_uri(uri)
+    if code == UNAUTHENTICATED and not (user and os.environ.get("MLFLOW_TRACKING_PASSWORD")):
+        return (
+            f"{where} lets in only its users: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+            "(docs/cluster.md, Only its users)"
+        )
+    if code == UNAUTHENTICATED:
+        return f"{where} refused user {user!r} (HTTP 401): check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    if code == PERMISSION_DENIED:
+        return (
+            f"{where}: user {user!r} may read but not write here (HTTP 403): ask the server's admin for EDIT on "
+            "the experiment (docs/cluster.md, Only its users)"
+        )
+    return None
+
+
+@contextmanager
+def refusals_explained() -> Iterator[None]:
+    """A server's refusal (see :func:`refusal`) as a :class:`TrackingError` of one line; other errors unchanged."""
+    try:
+        yield
+    except MlflowException as err:
+        line = refusal(err, tracking_uri())
+        if line is None:
+            raise
+        raise TrackingError(line) from None
+
+
 def redact_uri(uri: str) -> str:
     """The URI without a password (``http://user:secret@host`` -> ``http://user:***@host``)."""
     return re.sub(r"(//[^/:@]+):[^/@]*@", r"\1:***@", uri)
@@ -173,6 +210,8 @@ def _experiment(uri: str, experiment: str) -> str:
     except TrackingError:
         raise
     except Exception as err:  # noqa: BLE001 - any failure here means the store is unusable
+        if line := refusal(err, uri):
+            raise TrackingError(line) from None
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise TrackingError(f"cannot use the MLflow store {redact_uri(uri)}: {first_line}") from err
 

@@ -20,7 +20,7 @@ import numpy as np
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from ablation.store import heartbeat, outbox
-from ablation.store.connection import client, redact_uri, tracking_uri
+from ablation.store.connection import client, redact_uri, refusals_explained, tracking_uri
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit of a param value
 MAX_TAG_CHARS = 5000  # what we keep of a tag value (MLflow's limit is higher; an error message needs no more)
@@ -103,7 +103,8 @@ class RunLog:
         """A new RUNNING run with ``tags`` (redacted) and a first heartbeat."""
         name = redact({"run_name": run_name})["run_name"]
         all_tags = {t.key: t.value for t in tag_values(tags)} | heartbeat.beat_tags(-1)
-        run = client().create_run(experiment_id, run_name=name, tags=all_tags)
+        with refusals_explained():
+            run = client().create_run(experiment_id, run_name=name, tags=all_tags)
         return cls(run.info.run_id, all_tags, -1)
 
     @classmethod

@@ -21,7 +21,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus
 
 from ablation.store import outbox
-from ablation.store.connection import client, provenance_tags, tracking_uri
+from ablation.store.connection import client, provenance_tags, refusals_explained, tracking_uri
 from ablation.store.outcome import Outcome, count_outcomes, status_of
 from ablation.store.runlog import MAX_PARAM_CHARS, MAX_PARAMS_PER_BATCH, tag_values
 
@@ -71,7 +71,8 @@ def override_params(overrides: list[str]) -> dict[str, str]:
 def create_parent(experiment_id: str, name: str, stamp: str, sweep_dir: Path, overrides: list[str]) -> SweepRef:
     """The parent run (overrides as params, identity as tags) and the file its jobs find it by."""
     store = client()
-    run = store.create_run(experiment_id, run_name=f"sweep-{name}-{stamp}", tags=provenance_tags())
+    with refusals_explained():  # a user who may only read: one line, before any job starts
+        run = store.create_run(experiment_id, run_name=f"sweep-{name}-{stamp}", tags=provenance_tags())
     parent = SweepRef(run.info.run_id, f"{name}-{stamp}-{run.info.run_id[:6]}", experiment_id)
     tags = {
         "sweep_role": "parent",

@@ -14,14 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import make_server
-
-
-def not_here(reason: str) -> None:
-    """Skip, or fail under CI=true: CI must run every cluster test."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and {reason}")
-    pytest.skip(reason)
+from tests.support import make_server, not_here
 
 
 @pytest.fixture(scope="session")
