@@ -1,7 +1,9 @@
-"""A tracking server that goes away under a running sweep: stopped for a while, killed and restarted, or away longer
-than ``run.tracking_outage_s``. Each runs ``make server`` on sqlite (the database is the server's own file, so the
-database restarting is the server process restarting) and a real sweep in a subprocess, and then reads every step,
-heartbeat, checkpoint, image and job record back from the server.
+"""A tracking server that goes away under a running sweep: stopped for a while, its database restarting under it, or
+away longer than ``run.tracking_outage_s``. Each runs ``make server`` on sqlite and on PostgreSQL and a real sweep in a
+subprocess, and then reads every step, heartbeat, checkpoint, image and job record back from the server. On sqlite
+the database is the server's own file, so the database restarting is the server process killed and started again; on
+PostgreSQL it is PostgreSQL itself stopped and started under the running server (a private one, on its own port and
+folder, so that no other test's database goes away).
 
 What the outbox promises (``ablation/store/outbox.py``): the runs keep computing while the server is away (steps whose
 time falls inside the outage); once it is back everything is stored, each step once; a run that finished meanwhile
@@ -11,10 +13,14 @@ with the losses of an uninterrupted run.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -24,9 +30,11 @@ from ablation.job import execute
 from tests.support import (
     PROJECT,
     PYTHON,
+    Postgres,
     config,
     free_port,
     job_records,
+    not_here,
     run_overrides,
     start_server,
     stop_group,
@@ -35,6 +43,55 @@ from tests.support import (
 
 pytestmark = pytest.mark.slow
 LOSSES = ("content", "style", "tv", "total")
+POSTGRES_SCRIPT = PROJECT / ".ci" / "postgres"
+
+
+@dataclass
+class Backend:
+    """The server's database: make's arguments and environment for it, and how to restart it under the server."""
+
+    name: str
+    make_args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    restart: Callable[[float], None] | None = None  # down for that many seconds, then up (None: sqlite)
+
+
+@pytest.fixture(scope="module")
+def private_postgres() -> Iterator[tuple[Postgres, Callable[[float], None]]]:
+    """A PostgreSQL of its own (``.ci/postgres up`` on a free port and folder), and a function that stops it for a
+    while and starts it again; stopped and removed afterwards."""
+    if shutil.which("initdb") is None and not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        not_here("no PostgreSQL binaries: .ci/postgres up installs Debian's postgresql")
+    state = Path(f"/var/tmp/nst-ablation-outage-{os.getpid()}")  # not under /tmp/pytest-of-*: postgres must reach it
+    env = {**os.environ, "POSTGRES_STATE_DIR": str(state), "POSTGRES_PORT": str(free_port())}
+
+    def script(command: str) -> str:
+        done = subprocess.run([POSTGRES_SCRIPT, command], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    def restart(down_s: float) -> None:
+        script("down")
+        time.sleep(down_s)
+        script("up")
+
+    script("up")
+    lines = dict(line.removeprefix("export ").split("=", 1) for line in script("env").splitlines() if "=" in line)
+    try:
+        yield Postgres(lines["ABLATION_POSTGRES_URI"], {"PGPASSFILE": lines["PGPASSFILE"]}), restart
+    finally:
+        script("down")
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        yield Backend("sqlite")
+        return
+    postgres, restart = request.getfixturevalue("private_postgres")
+    with postgres.database("outage") as uri:
+        yield Backend("postgresql", (f"STORE_URI={uri}",), postgres.env, restart)
 
 
 def sweep(folder: Path, uri: str, name: str, *overrides: str) -> subprocess.Popen:
@@ -85,21 +142,47 @@ def check_stored_once(client: MlflowClient, run, iterations: int, checkpoint_eve
     assert steps == [*range(checkpoint_every, iterations, checkpoint_every), iterations]
 
 
-def outage_case(tmp_path: Path, stop_sig: int, away_s: float, seeds: str) -> None:
-    """A sweep over ``seeds``; the server stopped by ``stop_sig`` once the first run stored step 10, started again
-    on the same port and store ``away_s`` later. Returns nothing: asserts."""
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = start_server(tmp_path, port)
-    job = sweep(tmp_path, uri, "sweep", f"run.seed={seeds}")
+class Server:
+    """``make server`` on one port and one store for the whole test, stopped and started again at will."""
+
+    def __init__(self, folder: Path, backend: Backend) -> None:
+        self.folder, self.backend, self.port = folder, backend, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self) -> None:
+        self.proc = start_server(self.folder, self.port, *self.backend.make_args, env=self.backend.env)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        stop_group(self.proc, sig=sig)
+
+
+def server_away_10_s(server: Server) -> None:
+    server.stop()
+    time.sleep(10)
+    server.start()
+
+
+def database_restarts(server: Server) -> None:
+    """PostgreSQL stopped for 8 s under the running server; sqlite's server process killed and started at once."""
+    if server.backend.restart is not None:
+        server.backend.restart(8)
+    else:
+        server.stop(signal.SIGKILL)  # requests cut mid-way, the database file left as a crash leaves it
+        server.start()
+
+
+def outage_case(tmp_path: Path, backend: Backend, interrupt: Callable[[Server], None], seeds: str) -> None:
+    """A sweep over ``seeds``, interrupted once the first run stored step 10: each step of each run stored once,
+    every record and status there, and the first run's loop went on meanwhile."""
+    server = Server(tmp_path, backend)
+    job = sweep(tmp_path, server.uri, "sweep", f"run.seed={seeds}")
     try:
-        client = MlflowClient(uri)
+        client = MlflowClient(server.uri)
         first = wait_for_step(client, 10)
         down_ms = time.time() * 1000
-        stop_group(server, sig=stop_sig)
-        time.sleep(away_s)
-        server = start_server(tmp_path, port)
-        up_ms = time.time() * 1000  # it answers /health again
+        interrupt(server)
+        up_ms = time.time() * 1000  # it answers again
         _, stderr = job.communicate(timeout=600)
         assert job.returncode == 0, stderr[-3000:]
 
@@ -110,35 +193,38 @@ def outage_case(tmp_path: Path, stop_sig: int, away_s: float, seeds: str) -> Non
         history = client.get_metric_history(first, "total")
         computed_away = [m.step for m in history if down_ms < m.timestamp < up_ms]
         loop_s = {r.data.tags["seed"]: round(r.data.metrics["loop_s"], 1) for r in runs}
-        print(f"server away {(up_ms - down_ms) / 1000:.1f} s; steps computed meanwhile: {len(computed_away)}; "
-              f"loop_s by seed: {loop_s}")  # fmt: skip
+        print(f"{backend.name}: away {(up_ms - down_ms) / 1000:.1f} s; steps computed meanwhile: "
+              f"{len(computed_away)}; loop_s by seed: {loop_s}")  # fmt: skip
         assert len(computed_away) >= 5  # the loop went on while nothing could be stored
         parent = client.search_runs(
             [runs[0].info.experiment_id], "tags.sweep_role = 'parent'", order_by=["attributes.start_time DESC"]
         )[0]
-        records = job_records(uri, parent.info.run_id)
+        records = job_records(server.uri, parent.info.run_id)
         assert sorted(r["status"] for r in records.values()) == ["finished"] * len(runs)
         assert parent.info.status == "FINISHED" and parent.data.metrics["ran"] == len(runs)
         assert not list((tmp_path / "unsent").glob("*/*"))  # nothing was left behind
     finally:
         job.kill()
-        stop_group(server)
+        server.stop()
 
 
-def test_a_server_stopped_for_ten_seconds_mid_sweep_loses_nothing_and_stores_nothing_twice(tmp_path: Path) -> None:
-    outage_case(tmp_path, signal.SIGTERM, 10.0, "0,1,2")
+def test_a_server_stopped_for_ten_seconds_mid_sweep_loses_nothing_and_stores_nothing_twice(
+    tmp_path: Path, backend: Backend
+) -> None:
+    outage_case(tmp_path, backend, server_away_10_s, "0,1,2")
 
 
-def test_a_server_killed_and_restarted_at_once_under_a_sweep_loses_nothing(tmp_path: Path) -> None:
-    """SIGKILL: requests cut mid-way, the database file left as a crash leaves it, a new process on it at once."""
-    outage_case(tmp_path, signal.SIGKILL, 0.0, "0,1")
+def test_the_database_restarting_under_a_running_server_loses_nothing(tmp_path: Path, backend: Backend) -> None:
+    outage_case(tmp_path, backend, database_restarts, "0,1")
 
 
-def test_past_the_patience_the_run_stops_with_a_kept_checkpoint_and_the_rerun_finishes_it(tmp_path: Path) -> None:
+def test_past_the_patience_the_run_stops_with_a_kept_checkpoint_and_the_rerun_finishes_it(
+    tmp_path: Path, backend: Backend
+) -> None:
     """run.tracking_outage_s=3 and a server that does not come back: the job stops at a sync point, its checkpoint
     kept on disk, exit 75, one line. With the server back, the same sweep again sends what was kept (the first
     sweep's job record says killed), continues the same run and ends with the losses of an uninterrupted run."""
-    iterations = 150
+    iterations = 120
     slow = [f"run.iterations={iterations}", "run.sync_every=1", "run.checkpoint_every=1"]  # no result changes
     reference_folder = tmp_path / "reference"
     reference_folder.mkdir()
@@ -146,14 +232,12 @@ def test_past_the_patience_the_run_stops_with_a_kept_checkpoint_and_the_rerun_fi
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{reference_folder / 'mlflow.db'}")
         reference = execute(config(run_overrides(tmp_path, iterations)))
 
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = start_server(tmp_path, port)
-    job = sweep(tmp_path, uri, "first", *slow, "run.tracking_outage_s=3")
+    server = Server(tmp_path, backend)
+    job = sweep(tmp_path, server.uri, "first", *slow, "run.tracking_outage_s=3")
     try:
-        client = MlflowClient(uri)
+        client = MlflowClient(server.uri)
         run_id = wait_for_step(client, 4)
-        stop_group(server)
+        server.stop()
         _, stderr = job.communicate(timeout=300)
         assert job.returncode == 75, stderr[-3000:]
         last = stderr.strip().splitlines()[-1]
@@ -163,8 +247,8 @@ def test_past_the_patience_the_run_stops_with_a_kept_checkpoint_and_the_rerun_fi
         (kept,) = (tmp_path / "unsent").glob("*/*")
         assert list(kept.glob("files/*/state.pt"))
 
-        server = start_server(tmp_path, port)
-        again = sweep(tmp_path, uri, "again", *slow)
+        server.start()
+        again = sweep(tmp_path, server.uri, "again", *slow)
         _, stderr = again.communicate(timeout=600)
         assert again.returncode == 0, stderr[-3000:]
 
@@ -175,9 +259,9 @@ def test_past_the_patience_the_run_stops_with_a_kept_checkpoint_and_the_rerun_fi
         for key in LOSSES:
             assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(iterations + 1))
         parents = client.search_runs([run.info.experiment_id], "tags.sweep_role = 'parent'")
-        statuses = sorted(r["status"] for p in parents for r in job_records(uri, p.info.run_id).values())
+        statuses = sorted(r["status"] for p in parents for r in job_records(server.uri, p.info.run_id).values())
         assert statuses == ["finished", "killed"]
         assert not list((tmp_path / "unsent").glob("*/*"))
     finally:
         job.kill()
-        stop_group(server)
+        server.stop()
