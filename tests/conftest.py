@@ -1,15 +1,53 @@
-"""Shared fixtures: the shared folder beside the checkout, seeded random weights, a private MLflow store."""
+"""Shared fixtures: the shared folder beside the checkout, seeded random weights, a private MLflow store; and the
+guard that keeps ``make test-fast`` fast: a test not marked ``slow`` fails when it (or its fixtures) starts a process.
+"""
 
 from __future__ import annotations
 
+import _posixsubprocess
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ablation.engine.weights import VGGWeights, random_weights
-from tests.support import DATA_DIR, PROJECT
+from tests.support import DATA_DIR, PROJECT, sqlite_store
 
 SHARED = PROJECT.parent / "shared"
+#: The test whose setup, call or teardown runs now in this process (its module fixtures' included).
+_current: list[pytest.Item] = []
+#: Every way a process starts: subprocess and multiprocessing's spawn (fork_exec, posix_spawn), joblib's loky
+#: workers (fork_exec), multiprocessing's fork.
+_STARTERS = ((_posixsubprocess, "fork_exec"), (os, "posix_spawn"), (os, "posix_spawnp"), (os, "fork"))
+
+
+def _guarded(start: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if _current and _current[-1].get_closest_marker("slow") is None:
+            pytest.fail(
+                f"{_current[-1].nodeid} starts a process: mark it @pytest.mark.slow (make test-fast runs none)",
+                pytrace=False,
+            )
+        return start(*args, **kwargs)
+
+    return guarded
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for module, name in _STARTERS:
+        if hasattr(module, name):
+            setattr(module, name, _guarded(getattr(module, name)))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    _current.append(item)
+    try:
+        return (yield)
+    finally:
+        _current.pop()
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +70,7 @@ def vgg16_random() -> VGGWeights:
 @pytest.fixture
 def store(tmp_path, monkeypatch) -> str:
     """A fresh sqlite MLflow store for this test, and the report's pair from ../shared/data."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("ABLATION_DATA_DIR", str(DATA_DIR))
     return uri

@@ -12,12 +12,12 @@ from PIL import Image
 from ablation import tracking
 from ablation.engine.transfer import DivergenceError
 from ablation.job import execute
-from tests.support import config, run_overrides
+from tests.support import config, run_overrides, sqlite_store
 
 
 @pytest.fixture()
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path))
     return tmp_path
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from ablation import heartbeat, tracking
+from tests.support import sqlite_store
 
 
 def store(tmp_path: Path) -> tuple[MlflowClient, str]:
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(sqlite_store(tmp_path))
     return client, client.create_experiment("beats")
 
 
@@ -78,7 +79,7 @@ def test_a_checkpoint_is_never_stored_ahead_of_the_step_metrics_it_follows(tmp_p
     from ablation.job import execute
     from tests.support import config, run_overrides
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     stored_at_upload: list[list[int]] = []
     real_artifact = tracking.RunLog.artifact

@@ -3,7 +3,11 @@
 import re
 import subprocess
 
+import pytest
+
 from tests.support import PROJECT
+
+pytestmark = pytest.mark.slow  # starts make (see pyproject's markers)
 
 
 def make(*args: str) -> str:

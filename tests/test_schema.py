@@ -1,10 +1,9 @@
 """The schema: every file in conf/ composes, every key it yields is the schema's and classified as changing
-results or not, and the algorithm's defaults are upstream's, read from the engine's own dataclasses."""
+results or not, and the algorithm's defaults are upstream's, read from the engine's own dataclasses and the spec."""
 
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from ablation import schema
@@ -12,17 +11,18 @@ from ablation.engine.losses import LossWeights
 from ablation.engine.network import NetworkSpec
 from ablation.engine.transfer import AdamSettings
 from ablation.paths import CONF_DIR
+from ablation.spec import from_config
 from ablation.tracking import flatten
+from tests.support import composed, config_for
 
 GROUP_FILES = {group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) for group in ("variant", "optim",
                "weights", "images", "experiment")}  # fmt: skip
 NEEDS_PATH = {"matconvnet", "file"}
 
 
-def composed(overrides: list[str]) -> tuple[dict, DictConfig]:
+def config_and_hydra(overrides: list[str]) -> tuple[dict, DictConfig]:
     """The config (plain) and Hydra's own node (unresolved: it needs a running job to resolve)."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    cfg = composed(overrides, hydra=True)
     hydra = cfg.hydra
     with open_dict(cfg):
         del cfg["hydra"]
@@ -37,7 +37,7 @@ def every_file() -> list[list[str]]:
 
 @pytest.mark.parametrize("overrides", every_file(), ids=lambda o: o[0])
 def test_every_file_in_conf_composes_and_every_key_is_classified(overrides: list[str]) -> None:
-    config, hydra = composed(overrides)
+    config, hydra = config_and_hydra(overrides)
     keys = set(flatten(config))
     unknown = keys - schema.schema_keys()
     assert not unknown, f"keys outside the schema (so unclassified): {sorted(unknown)}"
@@ -57,7 +57,7 @@ def test_result_neutral_keys_are_exactly_these() -> None:
 
 
 def test_defaults_are_the_engines_which_are_upstreams() -> None:
-    config, _ = composed([])
+    config, _ = config_and_hydra([])
     assert config["loss"] == {k: float(v) for k, v in vars(LossWeights()).items()}
     assert (LossWeights().content_weight, LossWeights().style_weight, LossWeights().tv_weight) == (5.0, 500.0, 100.0)
     adam = {k: v for k, v in config["optim"].items() if k != "name"}
@@ -68,3 +68,9 @@ def test_defaults_are_the_engines_which_are_upstreams() -> None:
         "final_layer": "relu5_1",
     }  # fmt: skip
     assert config["run"]["iterations"] == 1000 and config["images"]["width"] is None
+    # and the spec built from them
+    spec = from_config(config_for())
+    assert (spec.loss.content_weight, spec.loss.style_weight, spec.loss.tv_weight) == (5.0, 500.0, 100.0)
+    assert (spec.optim.lr, spec.optim.beta1, spec.optim.beta2, spec.optim.eps) == (10.0, 0.9, 0.999, 1e-8)
+    assert spec.iterations == 1000 and spec.init == "noise" and spec.last_layer == "relu5_1"
+    assert spec.images.width is None and spec.images.style_scales == (1.0,)

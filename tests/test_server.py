@@ -21,6 +21,8 @@ import pytest
 from ablation import report
 from tests.support import PROJECT, PYTHON, make_server, run_overrides, store_env
 
+pytestmark = pytest.mark.slow  # starts processes (see pyproject's markers)
+
 #: launcher name -> extra Hydra arguments for ``python -m ablation.run -m``
 SWEEPS: dict[str, list[str]] = {"submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]}
 

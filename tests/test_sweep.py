@@ -134,6 +134,7 @@ def resumed(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_killed_sweep_reruns_only_the_missing_jobs(resumed):
     killed = len(resumed["done_before_kill"])
     assert 1 <= killed < 4, "the first sweep should be killed midway"
@@ -155,6 +156,7 @@ def test_killed_sweep_reruns_only_the_missing_jobs(resumed):
     }
 
 
+@pytest.mark.slow
 def test_repeated_sweep_launches_nothing(resumed):
     assert resumed["third"].returncode == 0, resumed["third"].stderr[-2000:]
     jobs = parent_jobs(resumed["folder"], resumed["folder"] / "again")
@@ -163,6 +165,7 @@ def test_repeated_sweep_launches_nothing(resumed):
     assert "4 jobs, 0 ran, 4 skipped" in resumed["third"].stderr
 
 
+@pytest.mark.slow
 def test_report_of_the_repeated_sweep_has_every_variant_and_seed(resumed, monkeypatch):
     folder = resumed["folder"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
@@ -179,6 +182,7 @@ def test_report_of_the_repeated_sweep_has_every_variant_and_seed(resumed, monkey
         assert (out / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_parallel_jobs_on_a_fresh_store_lose_nothing_and_a_failed_job_stops_no_other(tmp_path):
     # Four jobs, two at a time, on a store that does not exist yet; images.width=8 is too small for the
     # network, so those two jobs fail at set-up while the others run: the sweep ends non-zero and names them.
@@ -202,6 +206,7 @@ def test_parallel_jobs_on_a_fresh_store_lose_nothing_and_a_failed_job_stops_no_o
     assert all(len(client.get_metric_history(r.info.run_id, "total")) == 4 for r in runs)  # steps 0..3
 
 
+@pytest.mark.slow
 def test_single_run_is_not_a_sweep_job_and_bad_input_is_one_line(tmp_path):
     # Outside -m the callback and run.main must not look for a sweep; a bad value is one line and exit code 2.
     command = [sys.executable, "-m", "ablation.run", "weights=random", "images.width=8", f"hydra.run.dir={tmp_path}/h"]
