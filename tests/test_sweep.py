@@ -184,26 +184,37 @@ def test_report_of_the_repeated_sweep_has_every_variant_and_seed(resumed, monkey
 
 @pytest.mark.slow
 def test_parallel_jobs_on_a_fresh_store_lose_nothing_and_a_failed_job_stops_no_other(tmp_path):
-    # Four jobs, two at a time, on a store that does not exist yet; images.width=8 is too small for the
-    # network, so those two jobs fail at set-up while the others run: the sweep ends non-zero and names them.
+    # Eight jobs, four at a time (joblib's process pool), on a store that does not exist yet, into two experiments
+    # the jobs create at once; images.width=8 is too small for the network, so those four jobs fail at set-up while
+    # the others run: the sweep ends non-zero and names them. Without the store lock the jobs race to create the
+    # experiments; without explicit experiment ids a run can land under Default.
     result = run_sweep(
         tmp_path,
         "parallel",
         "variant=original,avg_pool",
+        "tracking.experiment=exp-A,exp-B",
         "images.width=32,8",
         "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
+        "hydra.launcher.n_jobs=4",
     )
     assert result.returncode == 1, result.stderr[-2000:]
-    assert "4 jobs, 2 ran, 0 skipped" in result.stderr and "2 failed" in result.stderr
-    assert result.stderr.count("images.width=8") >= 2  # the summary names both failed jobs
+    assert "8 jobs, 4 ran, 0 skipped" in result.stderr and "4 failed" in result.stderr
+    assert result.stderr.count("images.width=8") >= 4  # the summary names every failed job
     client = client_for(tmp_path)
-    runs = finished_runs(client)
-    assert sorted(r.data.tags["variant"] for r in runs) == ["avg_pool", "original"]
-    assert client.search_runs(["0"]) == []  # concurrent set_experiment would have filed runs under Default
+    experiments = {e.name: e.experiment_id for e in client.search_experiments()}
+    assert set(experiments) == {"Default", "nst-ablation", "exp-A", "exp-B"}  # nst-ablation: the parent run
+    assert client.search_runs([experiments["Default"]]) == []
     jobs = parent_jobs(tmp_path, tmp_path / "parallel")
-    assert sorted(j["status"] for j in jobs.values()) == ["failed", "failed", "finished", "finished"]
-    assert all(len(client.get_metric_history(r.info.run_id, "total")) == 4 for r in runs)  # steps 0..3
+    assert sorted(j["status"] for j in jobs.values()) == ["failed"] * 4 + ["finished"] * 4
+    finished_ids = []
+    for name in ("exp-A", "exp-B"):
+        runs = client.search_runs([experiments[name]])
+        assert sorted(r.data.tags["variant"] for r in runs) == ["avg_pool", "original"]
+        assert all(r.data.params["tracking.experiment"] == name for r in runs)  # each in the experiment it asked for
+        assert all(r.info.status == "FINISHED" and "final_total" in r.data.metrics for r in runs)
+        assert all(len(client.get_metric_history(r.info.run_id, "total")) == 4 for r in runs)  # steps 0..3
+        finished_ids += [r.info.run_id for r in runs]
+    assert sorted(finished_ids) == sorted(j["run_id"] for j in jobs.values() if j["status"] == "finished")
 
 
 @pytest.mark.slow
