@@ -1,37 +1,171 @@
-"""The recorder: consumes the engine's progress stream and writes it to MLflow.
+"""The recorder: the one writer of a run's life, to the store and to the terminal.
 
-Step losses go out in batches at sync points with a heartbeat (only steps not logged before a resume or a hard
-kill, :mod:`ablation.heartbeat`), checkpoints and their images (an MLflow image series, :data:`IMAGE_SERIES_KEY`,
-so MLflow's image view lines runs up by step) every
+It opens a run (params and tags, SLURM's included) or reopens a stopped one from its checkpoint, consumes the
+engine's progress stream, and writes it: step losses in batches at sync points with a heartbeat (only steps not
+logged before a resume or a hard kill, :mod:`ablation.store.heartbeat`), checkpoints and their images (an MLflow
+image series, :data:`IMAGE_SERIES_KEY`, so MLflow's image view lines runs up by step) every
 ``run.checkpoint_every`` steps and when a stop is requested, per-scale timings and images for coarse to fine,
-and at the end the final and best images, the inputs, ``losses.csv`` and the results. One code path for a
-fresh and a resumed run: the engine's stream looks the same, only ``first_new_step`` differs.
+at the end the final and best images, the inputs, ``losses.csv``, the results and timings, and the end status.
+One code path for a fresh and a resumed run: the engine's stream looks the same, only ``first_new_step`` differs.
+
+What a run shows while it runs (:class:`RunStatus`): a bar redrawn many times a second is right for a person at a
+terminal and wrong in a SLURM log file or a CI log, which it fills with carriage returns. tqdm's ``disable=None``
+turns the bar off when stderr is not a terminal; there a one-line status goes through Python logging every
+``run.status_every`` steps (Hydra routes it into each job's log file and the console). ``run.quiet=true`` shows
+neither.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
+import os
 import resource
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torchvision
+from omegaconf import OmegaConf
+from tqdm import tqdm
 
-from ablation.engine.checkpoint import save_checkpoint
+from ablation.engine import ENGINE_VERSION
+from ablation.engine.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from ablation.engine.colors import preserve_colors
 from ablation.engine.images import save_png
 from ablation.engine.plan import RunSpec
 from ablation.engine.prepare import Problem
 from ablation.engine.transfer import LOSS_NAMES, DivergenceError, Progress, TransferState
-from ablation.status import RunStatus
-from ablation.stopping import Interrupted, StopRequest
-from ablation.tracking import RunLog
+from ablation.spec import seed_config
+from ablation.stopping import Interrupted, StopRequest, stop_on_signals
+from ablation.store import connection, lookup
+from ablation.store.runlog import RunLog, flatten
+
+if TYPE_CHECKING:
+    from ablation.job import Job, Machine
 
 Scorer = Callable[[torch.Tensor], dict[str, float]]
 #: The MLflow image series of every run: its checkpoint images and its final image, by global step.
 IMAGE_SERIES_KEY = "output"
+
+log = logging.getLogger(__name__)
+status_log = logging.getLogger("ablation.run")
+
+
+def slurm_tags() -> dict[str, str]:
+    """The SLURM job running this run (for scontrol, scancel, its log) and how often SLURM restarted it."""
+    env = os.environ
+    if "SLURM_JOB_ID" not in env:
+        return {}
+    array = env.get("SLURM_ARRAY_JOB_ID")
+    job_id = f"{array}_{env['SLURM_ARRAY_TASK_ID']}" if array else env["SLURM_JOB_ID"]
+    return {"slurm_job_id": job_id, "slurm_restarts": env.get("SLURM_RESTART_COUNT", "0")}
+
+
+def resumed_hardware_class(before: str | None, now: str) -> str:
+    """The class of a run continued on ``now``: unchanged on the same class, else ``mixed: A + B`` (a run
+    whose runtime spans two machines belongs to neither's group)."""
+    return now if before in (None, now) else f"mixed: {before} + {now}"
+
+
+def run_params(job: Job, problem: Problem, seed: int) -> dict[str, Any]:
+    """The flattened config plus what the config does not say but the numbers depend on."""
+    w, (h, wd) = problem.weights, problem.images.content.shape[:2]
+    return {
+        **flatten(seed_config(job.config, seed)),
+        "device": str(problem.device),
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "weights_source": w.source,
+        "weights_sha256": w.sha256,
+        "weights_location": w.location,
+        "mean_pixel": [round(m, 4) for m in w.mean_pixel],
+        "content_size_wh": f"{wd}x{h}",
+        "style_sizes_wh": ",".join(f"{s.shape[1]}x{s.shape[0]}" for s in problem.images.styles),
+        "content_sha256": problem.images.sha256[0],
+        "style_sha256": ",".join(problem.images.sha256[1:]),
+        "truncation_layer": job.spec.last_layer,
+        "channels_last_resolved": problem.spec.engine.channels_last,
+        "final_layer_activation": type(problem.net.final_layer_activation).__name__,
+        "engine_version": ENGINE_VERSION,
+        "batch_size": len(job.spec.seeds),
+    }
+
+
+def run_tags(job: Job, problem: Problem, machine: Machine, seed: int) -> dict[str, str]:
+    """A new run's tags: what it is, its fingerprint, MLflow's provenance, the hardware class, sweep and SLURM."""
+    spec = job.spec
+    return {
+        "variant": spec.variant,
+        "seed": str(seed),
+        "weights_source": problem.weights.source,
+        "fingerprint": job.fingerprints[seed],
+        **connection.provenance_tags(),
+        "hardware_class": machine.hardware.hardware_class(),
+        **({"random_weights": "true"} if problem.weights.source == "random" else {}),
+        **({"batch_seeds": ",".join(map(str, spec.seeds))} if len(spec.seeds) > 1 else {}),
+        **(job.sweep.child_tags() if job.sweep is not None else {}),
+        **slurm_tags(),
+    }
+
+
+def open_runs(job: Job, problem: Problem, machine: Machine) -> list[RunLog]:
+    """One new run per seed of the batch, with its tags, params (the machine's included), resolved config and the
+    machine's calibration."""
+    spec, run_name, runs = job.spec, job.config["tracking"]["run_name"], []
+    for seed in spec.seeds:
+        name = f"{run_name}-s{seed}" if run_name and len(spec.seeds) > 1 else run_name
+        run = RunLog.create(job.experiment_id, name or f"{spec.variant}-s{seed}", run_tags(job, problem, machine, seed))
+        run.params({**run_params(job, problem, seed), **machine.hardware.params()})
+        run.text(OmegaConf.to_yaml(OmegaConf.create(seed_config(job.config, seed))), "config.yaml")
+        run.metrics({"calibration_gflops": machine.calibration_gflops}, step=0)
+        runs.append(run)
+    return runs
+
+
+def reopen_run(job: Job, run_id: str, machine: Machine) -> tuple[RunLog, TransferState, np.ndarray]:
+    """Reopen a KILLED/FAILED run, load its checkpoint (RNG states restored): the state and the rows before it.
+    Its hardware class becomes ``mixed`` when it continues on another class (its params keep the first machine)."""
+    with tempfile.TemporaryDirectory(prefix="nst-ablation-") as scratch:
+        state, history, payload = load_checkpoint(lookup.download_checkpoint(run_id, scratch), job.device)
+    restore_rng(payload["rng"])
+    run = RunLog.reopen(run_id)
+    before = run.tags_at_open
+    run.tags({
+        "resume_count": int(before.get("resume_count", "0")) + 1,
+        "resumed_from_step": state.step,
+        "hardware_class": resumed_hardware_class(before.get("hardware_class"), machine.hardware.hardware_class()),
+        **slurm_tags(),
+    })  # fmt: skip
+    run.metrics({"calibration_gflops": machine.calibration_gflops}, step=state.step)
+    log.warning("resuming run %s from step %s", run_id, state.step)
+    return run, state, history
+
+
+def end_failed(runs: list[RunLog], err: BaseException) -> None:
+    """KILLED after a stop request (or a second signal), FAILED with ``diverged_step`` or the error otherwise."""
+    for run in runs:
+        if isinstance(err, Interrupted):
+            run.end("KILLED", str(err))
+        elif isinstance(err, KeyboardInterrupt):
+            run.end("KILLED", "interrupted twice: no checkpoint at this step (an earlier periodic one may exist)")
+        elif isinstance(err, DivergenceError):
+            run.metrics({"diverged_step": err.step}, step=err.step)
+            run.tags({"diverged": err.step})
+            run.end("FAILED", str(err))
+        else:
+            run.end("FAILED", f"{type(err).__name__}: {err}")
+
+
+def end_finished(run: RunLog, results: Mapping[str, float], step: int) -> None:
+    """The run's results as metrics at its last step, then FINISHED."""
+    run.metrics(results, step=step)
+    run.end("FINISHED")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -188,3 +322,57 @@ def record(stream: Iterable[Progress], recorder: Recorder, stop: StopRequest) ->
         raise
     assert state is not None, "the engine yields at least once"
     return state
+
+
+def record_transfer(
+    spec: RunSpec, problems: list[Problem], runs: list[RunLog], stream: Iterable[Progress], fingerprint: str,
+    resumed: tuple[TransferState, np.ndarray] | None, stop: StopRequest, setup_s: float, score: Scorer | None,
+    status_every: int,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Write the stream of one batch of runs; a failure or stop ends them (KILLED, FAILED) and is raised again."""
+    first_new = resumed[0].step + 1 if resumed is not None else 0
+    before = resumed[1] if resumed is not None else None
+    with tempfile.TemporaryDirectory(prefix="nst-ablation-") as scratch:
+        recorder = Recorder(spec, problems, runs, Path(scratch), fingerprint, first_new, before, status_every)
+        try:
+            with stop_on_signals(stop) as request:
+                return recorder.finish(record(stream, recorder, request), setup_s, score)
+        except BaseException as err:
+            end_failed(runs, err)
+            raise
+
+
+class RunStatus:
+    """Progress of one run from step ``start`` to ``total``; :meth:`update` at every sync point."""
+
+    def __init__(self, total: int, start: int = 0, quiet: bool = False, status_every: int = 100) -> None:
+        self.bar = tqdm(total=total, disable=True if quiet else None, unit="it", dynamic_ncols=True, file=sys.stderr)
+        self.bar.update(start)
+        self.lines = not quiet and self.bar.disable and status_every > 0
+        self.total, self.every, self.step = total, status_every, start
+        self.next_line = (start // status_every + 1) * status_every if status_every > 0 else total
+        self._since = (time.perf_counter(), start)
+
+    def update(self, step: int, losses: Mapping[str, float]) -> None:
+        """The run is at ``step`` with ``losses`` (name -> value)."""
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
+        self.step = step
+        if self.lines and (step >= self.next_line or step >= self.total):
+            status_log.info(status_line(step, self.total, losses, self._rate(step)))
+            self.next_line = (step // self.every + 1) * self.every
+
+    def _rate(self, step: int) -> float:
+        now = time.perf_counter()
+        then, before = self._since
+        self._since = (now, step)
+        return (step - before) / (now - then) if now > then else 0.0
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def status_line(step: int, total: int, losses: Mapping[str, float], it_per_s: float) -> str:
+    """``step 200/1000 (20%): total 1.234e+05 content ... | 3.1 it/s``."""
+    values = " ".join(f"{k} {v:.4g}" for k, v in losses.items())
+    return f"step {step}/{total} ({100 * step / max(total, 1):.0f}%): {values} | {it_per_s:.3g} it/s"

@@ -21,11 +21,13 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from ablation import schema, sweep, tracking
+from ablation import schema, sweep
 from ablation.engine.errors import UserError
 from ablation.engine.transfer import DivergenceError
 from ablation.job import execute
 from ablation.stopping import Interrupted
+from ablation.store import reader
+from ablation.store.outcome import Outcome, outcome_record
 
 #: Errors that mean "bad input": one line, exit code 2, nothing stored is touched.
 USER_ERRORS = (UserError,)
@@ -33,9 +35,8 @@ USER_ERRORS = (UserError,)
 
 def tune_value(results: dict[str, Any], objective: str) -> float:
     """The objective of a finished or skipped job (read back from its run); +inf for a failed one."""
-    if results.get("status") == "skipped":
-        uri = tracking.tracking_uri()
-        return float(tracking.MlflowClient(uri).get_run(results["run_id"]).data.metrics.get(objective, float("inf")))
+    if results.get("status") == Outcome.SKIPPED:
+        return float(reader.get_run(results["run_id"]).data.metrics.get(objective, float("inf")))
     return float(results.get(objective, float("inf")))
 
 
@@ -97,7 +98,7 @@ def main(cfg: DictConfig) -> dict[str, Any] | float | None:
     except Interrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         if job is not None:  # a re-run of the sweep (or submitit's requeue, below) continues it
-            sweep.record_outcome(job, config, {"status": "killed", "run_id": err.run_id, "error": str(err)})
+            sweep.record_outcome(job, config, outcome_record(Outcome.KILLED, err.run_id, str(err)))
         err.stop.hand_over()  # SLURM's warning signal: submitit requeues the job and exits
         sys.exit(err.stop.exit_code)
     except Exception as err:
@@ -108,13 +109,13 @@ def main(cfg: DictConfig) -> dict[str, Any] | float | None:
         print(f"error: {message}", file=sys.stderr)
         if job is None:
             sys.exit(2)
-        results = {"status": "failed", "error": message}
+        results = outcome_record(Outcome.FAILED, None, message)
     objective = (config.get("tune") or {}).get("objective")
     if objective:  # the Optuna sweeper minimises what the job returns, a bare number
         if job is not None:
             sweep.record_outcome(job, config, results)
         return tune_value(results, objective)
-    for seed_results in results.get("seed_results", [results]) if results["status"] == "finished" else []:
+    for seed_results in results.get("seed_results", [results]) if results["status"] == Outcome.FINISHED else []:
         print(
             f"{seed_results['run_id']}: total {seed_results['final_total']:.6g} (content "
             f"{seed_results['final_content']:.6g}, style {seed_results['final_style']:.6g}, tv "

@@ -150,3 +150,8 @@ def from_config(cfg: dict[str, Any]) -> RunSpec:
         scales=tuple(run["scales"]) if run["scales"] else None,
         scale_iterations=tuple(run["scale_iterations"]) if run["scale_iterations"] else None,
     )
+
+
+def seed_config(config: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The config of one seed's run: a batched run's seed i has the fingerprint of ``run.seed=i`` alone."""
+    return {**config, "run": {**config["run"], "seed": seed, "seeds": None}}

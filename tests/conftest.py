@@ -1,11 +1,13 @@
-"""Shared fixtures: the shared folder beside the checkout, seeded random weights, a private MLflow store; and the
-guard that keeps ``make test-fast`` fast: a test not marked ``slow`` fails when it (or its fixtures) starts a process.
+"""Shared fixtures: the shared folder beside the checkout, seeded random weights, a private MLflow store; the guard
+that keeps ``make test-fast`` fast (a test not marked ``slow`` fails when it or its fixtures start a process); and
+the order of the modules that lets ``make test``'s workers overlap the waiting tests with the computing ones.
 """
 
 from __future__ import annotations
 
 import _posixsubprocess
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,15 @@ from tests.support import DATA_DIR, PROJECT, sqlite_store
 SHARED = PROJECT.parent / "shared"
 #: The test whose setup, call or teardown runs now in this process (its module fixtures' included).
 _current: list[pytest.Item] = []
-#: Every way a process starts: subprocess and multiprocessing's spawn (fork_exec, posix_spawn), joblib's loky
-#: workers (fork_exec), multiprocessing's fork.
-_STARTERS = ((_posixsubprocess, "fork_exec"), (os, "posix_spawn"), (os, "posix_spawnp"), (os, "fork"))
+#: Every way a process starts: subprocess (its own reference to fork_exec, or posix_spawn), multiprocessing's spawn
+#: and joblib's loky workers (fork_exec), multiprocessing's fork.
+_STARTERS = (
+    (subprocess, "_fork_exec"),
+    (_posixsubprocess, "fork_exec"),
+    (os, "posix_spawn"),
+    (os, "posix_spawnp"),
+    (os, "fork"),
+)
 
 
 def _guarded(start: Callable[..., Any]) -> Callable[..., Any]:
@@ -39,6 +47,24 @@ def pytest_configure(config: pytest.Config) -> None:
     for module, name in _STARTERS:
         if hasattr(module, name):
             setattr(module, name, _guarded(getattr(module, name)))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules that wait on SLURM first, then the other modules that start processes, then the rest: with xdist
+    (``--dist loadscope --no-loadscope-reorder``, one module per worker at a time) the SLURM jobs run beside
+    everything else, and the small in-process modules fill the workers at the end. A module's tests stay together."""
+
+    modules: dict[object, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(getattr(item, "module", None), []).append(item)
+
+    def rank(tests: list[pytest.Item]) -> int:
+        if any("slurm_partition" in getattr(t, "fixturenames", ()) for t in tests):
+            return 0
+        return 1 if any(t.get_closest_marker("slow") for t in tests) else 2
+
+    ranks = {module: rank(tests) for module, tests in modules.items()}
+    items.sort(key=lambda item: ranks[getattr(item, "module", None)])
 
 
 @pytest.hookimpl(wrapper=True)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from PIL import Image
 
 from ablation import schema
@@ -37,11 +37,12 @@ torch.set_num_threads(1)
 TINY = ["weights=random", "images.width=32", "run.iterations=3", "run.quiet=true", "run.checkpoint_every=0"]
 
 
-def store_env(folder: Path) -> dict[str, str]:
-    """Environment for a subprocess using a private sqlite store in ``folder`` and the report's pair."""
+def store_env(folder: Path, fresh: bool = False) -> dict[str, str]:
+    """Environment for a subprocess using a private sqlite store in ``folder`` and the report's pair. The store is
+    a copy of an empty one (:func:`sqlite_store`), or, when ``fresh``, none yet: the subprocess creates it."""
     env = dict(os.environ)
     env.pop("HYDRA_FULL_ERROR", None)
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}" if fresh else sqlite_store(folder)
     env["ABLATION_DATA_DIR"] = str(DATA_DIR)
     env["PYTHONPATH"] = str(PROJECT)
     env["OMP_NUM_THREADS"] = "1"
@@ -81,6 +82,15 @@ def config(overrides: Sequence[str] = ()) -> dict[str, Any]:
     return schema.plain(composed(overrides))
 
 
+def config_and_hydra(overrides: Sequence[str] = ()) -> tuple[dict[str, Any], DictConfig]:
+    """:func:`config` and Hydra's own node apart (unresolved: it needs a running job to resolve)."""
+    cfg = composed(overrides, hydra=True)
+    hydra = cfg.hydra
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return schema.plain(cfg), hydra
+
+
 def config_for(variant: str = "original", **overrides: object) -> dict[str, Any]:
     """:func:`config` of ``variant`` with random weights and dotted keys, e.g. ``**{"run.iterations": 3}``."""
     return config([f"variant={variant}", "weights=random", *(f"{k}={v}" for k, v in overrides.items())])
@@ -118,12 +128,14 @@ def sweep_command(sweep_dir: Path, *overrides: str) -> list[str]:
     return [PYTHON, "-m", "ablation.run", "-m", *tiny, f"hydra.sweep.dir={sweep_dir}", *overrides]
 
 
-def run_sweep(folder: Path, name: str, *overrides: str, timeout_s: float = 240) -> subprocess.CompletedProcess:
-    """Run a sweep to its end in a subprocess (cwd = ``folder``), with the store in ``folder``."""
+def run_sweep(
+    folder: Path, name: str, *overrides: str, timeout_s: float = 240, fresh: bool = False
+) -> subprocess.CompletedProcess:
+    """Run a sweep to its end in a subprocess (cwd = ``folder``), with the store in ``folder`` (:func:`store_env`)."""
     return subprocess.run(
         sweep_command(folder / name, *overrides),
         cwd=folder,
-        env=store_env(folder),
+        env=store_env(folder, fresh),
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -141,6 +153,8 @@ def make_server(folder: Path) -> Iterator[tuple[str, int]]:
     """``make server`` on a free loopback port with its store in ``folder``: its URI and process group id,
     once /health answers; stopped (the whole group) afterwards."""
     port = free_port()
+    (folder / "store").mkdir()
+    sqlite_store(folder / "store")  # the server's store, at the schema already
     log = open(folder / "server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         ["make", "-s", "-o", "install", "server", f"SERVER_PORT={port}", f"STORE_DIR={folder / 'store'}"],
@@ -179,3 +193,25 @@ def stop_group(proc: subprocess.Popen, timeout_s: float = 30) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.2)
+
+
+@contextmanager
+def using_store(uri: str) -> Iterator[None]:
+    """The store functions (which read MLFLOW_TRACKING_URI, as a job does) pointed at ``uri`` for a block."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["MLFLOW_TRACKING_URI"]
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def job_records(uri: str, parent_run_id: str) -> dict[int, dict[str, Any]]:
+    """A sweep's job records as the report reads them, from the store at ``uri``."""
+    from ablation.store.sweeps import read_job_records  # noqa: PLC0415 - imports MLflow: only the tests that need it
+
+    with using_store(uri):
+        return read_job_records(parent_run_id)

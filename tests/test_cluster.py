@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from ablation import cluster
 from ablation.stopping import StopRequest, stop_on_signals
+from hydra_plugins.nst_ablation import slurm_launcher as cluster
 
 
 def test_squeue_lines_become_states_and_forgotten_jobs_count_as_ended() -> None:

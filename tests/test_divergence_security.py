@@ -9,9 +9,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from ablation import tracking
 from ablation.engine.transfer import DivergenceError
 from ablation.job import execute
+from ablation.store import connection
+from ablation.store.runlog import REDACTED, RunLog
 from tests.support import config, run_overrides, sqlite_store
 
 
@@ -46,12 +47,12 @@ def test_secrets_are_never_logged_as_params_or_tags(store: Path, monkeypatch: py
     run = MlflowClient().get_run(results["run_id"])
     stored = {**run.data.params, **run.data.tags}
     assert not [k for k, v in stored.items() if secret in v or "abc123xyz" in v]
-    assert run.data.params["tracking.api_key"] == tracking.REDACTED
+    assert run.data.params["tracking.api_key"] == REDACTED
 
 
 def test_artifact_names_cannot_leave_the_run_folder(store: Path) -> None:
-    client, experiment_id = tracking.open_store("paths")
-    log = tracking.RunLog(client, experiment_id, "paths", {})
+    experiment_id = connection.open_store("paths")
+    log = RunLog.create(experiment_id, "paths", {})
     log.text("x", "../../../escaped.txt")
     log.text("y", "/etc/cron.d/evil")
     (store / "ok.txt").write_text("z")

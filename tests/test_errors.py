@@ -20,7 +20,6 @@ import torch
 from hydra.errors import HydraException
 from mlflow.tracking import MlflowClient
 
-from ablation import tracking
 from ablation.engine.images import ImageError
 from ablation.engine.inputs import DataError
 from ablation.engine.memory import MemoryEstimateError, layer_sizes, transfer_bytes
@@ -29,6 +28,7 @@ from ablation.job import execute
 from ablation.paths import variant_names
 from ablation.run import _CLI_MARK, USER_ERRORS, debug_requested, one_line
 from ablation.spec import SpecError
+from ablation.store.connection import TrackingError
 from tests.support import PROJECT, PYTHON, composed, config, free_port, run_overrides, sqlite_store, store_env
 
 
@@ -171,7 +171,7 @@ def test_unreachable_tracking_server_fails_before_computing(tmp_path: Path, monk
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:hunter2secret@127.0.0.1:{free_port()}")
     started = time.perf_counter()
     with pytest.raises(
-        tracking.TrackingError, match=r"MLFLOW_TRACKING_URI=http://user:\*\*\*@127\.0\.0\.1:\d+ does not answer"
+        TrackingError, match=r"MLFLOW_TRACKING_URI=http://user:\*\*\*@127\.0\.0\.1:\d+ does not answer"
     ) as caught:
         execute(config(run_overrides(tmp_path, 2)))
     assert time.perf_counter() - started < 10  # not MLflow's minutes of retries
@@ -188,7 +188,11 @@ def test_unknown_variant_lists_the_choices_in_one_line() -> None:
 
 def cli(args: list[str], folder: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [PYTHON, "-m", "ablation.run", *args], cwd=PROJECT, env=store_env(folder) | env, capture_output=True, text=True
+        [PYTHON, "-m", "ablation.run", *args],
+        cwd=PROJECT,
+        env=store_env(folder, fresh=True) | env,
+        capture_output=True,
+        text=True,
     )
 
 

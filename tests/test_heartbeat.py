@@ -6,12 +6,15 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from ablation import heartbeat, tracking
+from ablation.store import heartbeat, lookup
+from ablation.store.runlog import RunLog
 from tests.support import sqlite_store
 
 
-def store(tmp_path: Path) -> tuple[MlflowClient, str]:
-    client = MlflowClient(sqlite_store(tmp_path))
+def store(tmp_path: Path, monkeypatch) -> tuple[MlflowClient, str]:
+    uri = sqlite_store(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
     return client, client.create_experiment("beats")
 
 
@@ -20,14 +23,14 @@ def running(client: MlflowClient, experiment_id: str, beat_s: float | None, key:
     return client.create_run(experiment_id, tags=tags).info.run_id
 
 
-def test_only_runs_silent_for_longer_than_the_limit_are_taken(tmp_path: Path) -> None:
-    client, experiment_id = store(tmp_path)
+def test_only_runs_silent_for_longer_than_the_limit_are_taken(tmp_path: Path, monkeypatch) -> None:
+    client, experiment_id = store(tmp_path, monkeypatch)
     now = 1_000_000.0
     dead = running(client, experiment_id, now - 601)  # 601 s without a heartbeat > 600 s limit
     live = running(client, experiment_id, now - 599)  # within the limit: alive
     legacy = running(client, experiment_id, None)  # no heartbeat tag (older code): never taken
     other = running(client, experiment_id, now - 10_000, key="f2")  # another fingerprint: not this job's
-    found = heartbeat.take_over_dead(client, experiment_id, "f1", 600, now_s=now)
+    found = lookup.take_over_dead(experiment_id, "f1", 600, now_s=now)
     assert found is not None and found.info.run_id == live
     status = {r: client.get_run(r).info.status for r in (dead, live, legacy, other)}
     assert status == {dead: "KILLED", live: "RUNNING", legacy: "RUNNING", other: "RUNNING"}
@@ -35,15 +38,15 @@ def test_only_runs_silent_for_longer_than_the_limit_are_taken(tmp_path: Path) ->
     assert tags["taken_over_after_s"] == "601.0" and "taken for dead" in tags["error"]
 
 
-def test_no_live_run_means_none(tmp_path: Path) -> None:
-    client, experiment_id = store(tmp_path)
+def test_no_live_run_means_none(tmp_path: Path, monkeypatch) -> None:
+    client, experiment_id = store(tmp_path, monkeypatch)
     running(client, experiment_id, 0.0)
-    assert heartbeat.take_over_dead(client, experiment_id, "f1", 600, now_s=1000.0) is None
+    assert lookup.take_over_dead(experiment_id, "f1", 600, now_s=1000.0) is None
 
 
-def test_beat_stores_metrics_with_the_logged_step_and_a_reopened_run_skips_them(tmp_path: Path) -> None:
-    client, experiment_id = store(tmp_path)
-    log = tracking.RunLog(client, experiment_id, "r", {})
+def test_beat_stores_metrics_with_the_logged_step_and_a_reopened_run_skips_them(tmp_path: Path, monkeypatch) -> None:
+    client, experiment_id = store(tmp_path, monkeypatch)
+    log = RunLog.create(experiment_id, "r", {})
     log.step_metrics(["total"], [0, 1, 2], [[3.0], [2.0], [1.0]])
     log.beat()
     tags = client.get_run(log.run_id).data.tags
@@ -51,16 +54,16 @@ def test_beat_stores_metrics_with_the_logged_step_and_a_reopened_run_skips_them(
     log.step_metrics(["total"], [3], [[0.5]])  # queued, never stored: lost with a hard kill
     client.set_terminated(log.run_id, "KILLED")
 
-    again = tracking.RunLog.reopen(client, log.run_id)  # resumed from a checkpoint at step 1
+    again = RunLog.reopen(log.run_id)  # resumed from a checkpoint at step 1
     again.step_metrics(["total"], [1, 2, 3, 4], [[2.0], [1.0], [0.5], [0.25]])
     again.end()
     steps = sorted(m.step for m in client.get_metric_history(log.run_id, "total"))
     assert steps == [0, 1, 2, 3, 4]  # 1 and 2 were stored before: not again; 3 was lost: logged now
 
 
-def test_beats_between_sync_points_are_rate_limited(tmp_path: Path) -> None:
-    client, experiment_id = store(tmp_path)
-    log = tracking.RunLog(client, experiment_id, "r", {})
+def test_beats_between_sync_points_are_rate_limited(tmp_path: Path, monkeypatch) -> None:
+    client, experiment_id = store(tmp_path, monkeypatch)
+    log = RunLog.create(experiment_id, "r", {})
     log.step_metrics(["total"], [0], [[1.0]])
     log.beat(force=False)  # right after creation: within BEAT_EVERY_S, nothing sent
     assert client.get_run(log.run_id).data.tags["logged_step"] == "-1"
@@ -75,22 +78,21 @@ def test_a_checkpoint_is_never_stored_ahead_of_the_step_metrics_it_follows(tmp_p
     each upload: the checkpoints at steps 2 and 4 of a 6-step run each find steps 0..k stored."""
     from mlflow.tracking import MlflowClient
 
-    from ablation import tracking
     from ablation.job import execute
     from tests.support import config, run_overrides
 
     uri = sqlite_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     stored_at_upload: list[list[int]] = []
-    real_artifact = tracking.RunLog.artifact
+    real_artifact = RunLog.artifact
 
-    def artifact(log: tracking.RunLog, path, folder=None) -> None:
+    def artifact(log: RunLog, path, folder=None) -> None:
         if folder == "checkpoint":
             history = MlflowClient(uri).get_metric_history(log.run_id, "total")
             stored_at_upload.append(sorted(m.step for m in history))
         real_artifact(log, path, folder)
 
-    monkeypatch.setattr(tracking.RunLog, "artifact", artifact)
+    monkeypatch.setattr(RunLog, "artifact", artifact)
     overrides = [o for o in run_overrides(tmp_path, 6) if not o.startswith(("run.checkpoint_every", "run.sync_every"))]
     execute(config(overrides + ["run.checkpoint_every=2", "run.sync_every=1"]))
     assert stored_at_upload == [[0, 1, 2], [0, 1, 2, 3, 4]]

@@ -21,10 +21,10 @@ from mlflow.tracking import MlflowClient
 from ablation.engine.checkpoint import CHECKPOINT_ARTIFACT, load_checkpoint, save_checkpoint
 from ablation.engine.prepare import prepare
 from ablation.engine.transfer import new_state, stylize
-from ablation.fingerprint import find_resumable
 from ablation.job import execute
 from ablation.spec import from_config
 from ablation.stopping import Interrupted, StopRequest
+from ablation.store.lookup import find_resumable
 from tests.support import PROJECT, PYTHON, config, run_overrides, sqlite_store, store_env
 
 ITERATIONS = 8
@@ -71,7 +71,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(store: Path) -> None:
     killed = client.get_run(run_id)
     assert killed.info.status == "KILLED"
     assert "run.resume=true" in killed.data.tags["error"]
-    assert find_resumable(client, killed.info.experiment_id, killed.data.tags["fingerprint"]).info.run_id == run_id
+    assert find_resumable(killed.info.experiment_id, killed.data.tags["fingerprint"]).info.run_id == run_id
 
     resumed = execute(config(overrides + ["run.resume=true"]))
     assert resumed["run_id"] == run_id  # the same run continued, not a second one

@@ -11,8 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ablation.engine import ENGINE_VERSION
-from ablation.job import execute, resumed_hardware_class
-from ablation.record import IMAGE_SERIES_KEY
+from ablation.job import execute
+from ablation.record import IMAGE_SERIES_KEY, resumed_hardware_class
 from tests.support import PROJECT, config, run_overrides, sqlite_store
 
 MACHINE_PARAMS = (

@@ -4,7 +4,6 @@ results or not, and the algorithm's defaults are upstream's, read from the engin
 from __future__ import annotations
 
 import pytest
-from omegaconf import DictConfig, open_dict
 
 from ablation import schema
 from ablation.engine.losses import LossWeights
@@ -12,21 +11,12 @@ from ablation.engine.network import NetworkSpec
 from ablation.engine.transfer import AdamSettings
 from ablation.paths import CONF_DIR
 from ablation.spec import from_config
-from ablation.tracking import flatten
-from tests.support import composed, config_for
+from ablation.store.runlog import flatten
+from tests.support import config_and_hydra, config_for
 
 GROUP_FILES = {group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) for group in ("variant", "optim",
                "weights", "images", "experiment")}  # fmt: skip
 NEEDS_PATH = {"matconvnet", "file"}
-
-
-def config_and_hydra(overrides: list[str]) -> tuple[dict, DictConfig]:
-    """The config (plain) and Hydra's own node (unresolved: it needs a running job to resolve)."""
-    cfg = composed(overrides, hydra=True)
-    hydra = cfg.hydra
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return schema.plain(cfg), hydra
 
 
 def every_file() -> list[list[str]]:

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from ablation.status import RunStatus, status_line
+from ablation.record import RunStatus, status_line
 
 
 def test_status_line_reads_in_one_line() -> None:

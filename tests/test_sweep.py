@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from ablation import fingerprint, report, sweep
 from ablation.engine import ENGINE_VERSION
-from tests.support import run_sweep, store_env, sweep_command
+from ablation.store.sweeps import PARENT_FILE
+from tests.support import TINY, job_records, run_sweep, store_env, sweep_command
 
 CONFIG = {
     "run": {"iterations": 3, "seed": 0, "quiet": False, "log_every": 1, "sync_every": 10, "device": "auto"},
@@ -85,8 +86,8 @@ def client_for(folder: Path) -> MlflowClient:
 
 
 def parent_jobs(folder: Path, sweep_dir: Path) -> dict[int, dict]:
-    parent = json.loads((sweep_dir / sweep.PARENT_FILE).read_text())
-    return sweep.read_jobs(client_for(folder), parent["parent_run_id"])
+    parent = json.loads((sweep_dir / PARENT_FILE).read_text())
+    return job_records(f"sqlite:///{folder / 'mlflow.db'}", parent["parent_run_id"])
 
 
 def finished_runs(client: MlflowClient) -> list:
@@ -112,7 +113,7 @@ def resumed(tmp_path_factory):
     done_before_kill: list = []
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if (first_dir / sweep.PARENT_FILE).is_file():  # the callback created the store: safe to read
+            if (first_dir / PARENT_FILE).is_file():  # the callback created the store: safe to read
                 done_before_kill = finished_runs(client_for(folder))
                 if done_before_kill:
                     break
@@ -147,7 +148,7 @@ def test_killed_sweep_reruns_only_the_missing_jobs(resumed):
     assert len(resumed["after_second"]) == 4  # one FINISHED run per job, none twice
     assert len({r.data.tags["fingerprint"] for r in resumed["after_second"]}) == 4
     ran = [r for r in resumed["after_second"] if r.info.run_id not in skipped_ids]
-    parent = json.loads((resumed["folder"] / "resumed" / sweep.PARENT_FILE).read_text())
+    parent = json.loads((resumed["folder"] / "resumed" / PARENT_FILE).read_text())
     assert {r.data.tags["mlflow.parentRunId"] for r in ran} == {parent["parent_run_id"]}
     parent_tags = client_for(resumed["folder"]).get_run(parent["parent_run_id"]).data.tags
     assert len(parent_tags["mlflow.source.git.commit"]) == 40 and parent_tags["mlflow.user"]  # provenance, as children
@@ -163,6 +164,20 @@ def test_repeated_sweep_launches_nothing(resumed):
     assert [j["status"] for j in jobs.values()] == ["skipped"] * 4
     assert {r.info.run_id for r in resumed["after_third"]} == {r.info.run_id for r in resumed["after_second"]}
     assert "4 jobs, 0 ran, 4 skipped" in resumed["third"].stderr
+
+
+@pytest.mark.slow
+def test_the_parent_run_shows_overrides_as_params_counts_as_metrics_and_no_job_tags(resumed):
+    """What the MLflow UI's overview of the sweep shows: its overrides and counts; job records are artifacts."""
+    parent_id = json.loads((resumed["folder"] / "again" / PARENT_FILE).read_text())["parent_run_id"]
+    client = client_for(resumed["folder"])
+    parent = client.get_run(parent_id)
+    tiny = dict(o.split("=", 1) for o in TINY)
+    assert parent.data.params == {**tiny, "experiment": "table2", "run.seed": "0,1"}
+    assert parent.data.metrics == {"jobs": 4, "ran": 0, "reused": 4, "failed": 0, "killed": 0, "lost": 0}
+    assert not [t for t in parent.data.tags if t.startswith("job.")]
+    records = sorted(Path(f.path).name for f in client.list_artifacts(parent_id, "jobs"))
+    assert records == [f"job-000{n}.json" for n in range(4)]
 
 
 @pytest.mark.slow
@@ -196,6 +211,7 @@ def test_parallel_jobs_on_a_fresh_store_lose_nothing_and_a_failed_job_stops_no_o
         "images.width=32,8",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=4",
+        fresh=True,
     )
     assert result.returncode == 1, result.stderr[-2000:]
     assert "8 jobs, 4 ran, 0 skipped" in result.stderr and "4 failed" in result.stderr

@@ -1,10 +1,10 @@
 """The report of a sweep: MLflow runs -> pandas -> the report's tables, its claims judged, figures -> Markdown,
 HTML and CSV, published to the sweep's parent run.
 
-    load      MLflow -> pandas (one row per run of the sweep)     claims    Section 3.1's claims, three verdicts
+    load      store -> pandas (one row per run of the sweep)      claims    Section 3.1's claims, three verdicts
     tables    Tables 1 and 2, judge, optimisers, tuned, runs      readings  which reading of tanh the report ran
     hardware  runtimes by hardware class                          figures   image grid, loss curves
-    render    report.md (and html_page: report.html)              publish   files -> the parent run's artifacts
+    render    report.md (and html_page: report.html)              __main__  the command line; publishes to the parent
     variants  order and names of the variants                     formats   the report's number formats
 
 ``python -m ablation.report --help`` for the command line.
@@ -13,10 +13,9 @@ HTML and CSV, published to the sweep's parent run.
 from __future__ import annotations
 
 from ablation.report.load import ReportError, load_sweep
-from ablation.report.publish import publish, report_sweep
 from ablation.report.render import write_report
 
-__all__ = ["ReportError", "load_sweep", "main", "publish", "report_sweep", "write_report"]
+__all__ = ["ReportError", "load_sweep", "main", "write_report"]
 
 
 def main(argv: list[str] | None = None) -> int:

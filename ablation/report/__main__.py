@@ -7,12 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
-from ablation import tracking
 from ablation.paths import REPORTS_DIR
-from ablation.report.load import ReportError, find_parent
-from ablation.report.publish import ARTIFACT_FOLDER, report_sweep
+from ablation.report.load import ReportError, find_parent, load_sweep
+from ablation.report.render import write_report
+from ablation.store import reader
+from ablation.store.connection import tracking_uri
+
+#: Where the report's files go on the sweep's parent run: the MLflow UI opens ``report.html`` whole there.
+ARTIFACT_FOLDER = "report"
 
 DESCRIPTION = """\
 Write the report of one sweep: Tables 1 and 2 of the report measured beside its own figures, the common judge,
@@ -47,18 +49,25 @@ def parser() -> argparse.ArgumentParser:
     return found
 
 
+def report_sweep(experiment: str, wanted: str | None, out_root: Path, publish: bool) -> Path:
+    """Load sweep ``wanted`` (the latest when None), write ``out_root/<sweep id>/`` and, with ``publish``, log its
+    files to the parent run (replacing an earlier copy, so one current report is kept); returns ``report.md``."""
+    experiment_id = reader.experiment_id(experiment)
+    if experiment_id is None:
+        raise ReportError(f"--experiment {experiment!r} is not in {tracking_uri()}: run make sweep first")
+    result = load_sweep(find_parent(experiment_id, wanted))
+    path = write_report(result, out_root / result.sweep_id)
+    if publish:
+        reader.publish(result.parent.info.run_id, path.parent, ARTIFACT_FOLDER)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit code 0 with the report written (and published); 2 with one line when there is no such sweep."""
     args = parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        client = MlflowClient(tracking.tracking_uri())
-        found = client.get_experiment_by_name(args.experiment)
-        if found is None:
-            raise ReportError(
-                f"--experiment {args.experiment!r} is not in {tracking.tracking_uri()}: run make sweep first"
-            )
-        path = report_sweep(client, find_parent(client, found.experiment_id, args.sweep), args.out, not args.no_publish)
+        path = report_sweep(args.experiment, args.sweep, args.out, not args.no_publish)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,40 +8,39 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from ablation.report.variants import label, variant_order
+from ablation.store import reader
 
 
-def artifact_image(client: MlflowClient, run_id: str, path: str, scratch: Path) -> np.ndarray | None:
+def artifact_image(run_id: str, path: str, scratch: Path) -> np.ndarray | None:
     """An image artifact as RGB pixels; None when the run lacks it (a blank panel, not a failed report)."""
-    try:
-        local = client.download_artifacts(run_id, path, str(scratch))
-    except Exception:  # noqa: BLE001 - a missing artifact leaves a blank panel, not a failed report
+    local = reader.download(run_id, path, scratch)
+    if local is None:
         return None
     with Image.open(local) as image:
         return np.asarray(image.convert("RGB"))
 
 
-def grid_panels(client: MlflowClient, runs: pd.DataFrame) -> list[tuple[str, np.ndarray | None]]:
+def grid_panels(runs: pd.DataFrame) -> list[tuple[str, np.ndarray | None]]:
     """(title, pixels): content, style, then each variant's output at its lowest seed."""
     first = runs.groupby("variant", sort=False).head(1)
     with tempfile.TemporaryDirectory(prefix="nst-report-") as scratch:
         reference = first.iloc[0].run_id
         panels = [
-            ("Content", artifact_image(client, reference, "inputs/content.png", Path(scratch))),
-            ("Style", artifact_image(client, reference, "inputs/style_0.png", Path(scratch))),
+            ("Content", artifact_image(reference, "inputs/content.png", Path(scratch))),
+            ("Style", artifact_image(reference, "inputs/style_0.png", Path(scratch))),
         ]
         for r in first.itertuples():
-            image = artifact_image(client, r.run_id, "final.png", Path(scratch))
+            image = artifact_image(r.run_id, "final.png", Path(scratch))
             panels.append((f"{label(r.variant)} (seed {r.seed})", image))
     return panels
 
 
-def image_grid(client: MlflowClient, runs: pd.DataFrame, path: Path) -> Path:
+def image_grid(runs: pd.DataFrame, path: Path) -> Path:
     """Content, style, then each variant's output (lowest seed): the report's Figures 3-5 in one PNG."""
-    panels = grid_panels(client, runs)
+    panels = grid_panels(runs)
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
     figure = Figure(figsize=(3.2 * columns, 3.4 * rows), dpi=100)
@@ -56,13 +55,13 @@ def image_grid(client: MlflowClient, runs: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def loss_curves(client: MlflowClient, runs: pd.DataFrame, path: Path) -> Path:
+def loss_curves(runs: pd.DataFrame, path: Path) -> Path:
     """Total loss against iteration, one colour per variant, one line per seed, log scale."""
     figure = Figure(figsize=(8, 5), dpi=100)
     axes = figure.add_subplot(1, 1, 1)
     colours = {v: f"C{i}" for i, v in enumerate(variant_order(list(runs["variant"].unique())))}
     for r in runs.itertuples():
-        history = sorted((m.step, m.value) for m in client.get_metric_history(r.run_id, "total"))
+        history = reader.metric_history(r.run_id, "total")
         if not history:
             continue
         steps, values = zip(*history, strict=True)

@@ -14,6 +14,7 @@ import pandas as pd
 from ablation.report.formats import format_cell, format_change, markdown_table, percent_change
 from ablation.report.load import HARDWARE_TAG, Sweep
 from ablation.report.variants import label, variant_order
+from ablation.store.outcome import Outcome
 
 
 def home_class(result: Sweep) -> str:
@@ -23,7 +24,7 @@ def home_class(result: Sweep) -> str:
     if tagged:
         return tagged
     runs = result.runs
-    ran = runs[runs["job_status"] == "finished"]
+    ran = runs[runs["job_status"] == Outcome.FINISHED]
     counts = (ran if len(ran) else runs)[HARDWARE_TAG].value_counts()
     return sorted(counts.index, key=lambda c: (-counts[c], c))[0]
 

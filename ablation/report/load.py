@@ -1,6 +1,6 @@
-"""MLflow -> pandas: a sweep's parent run, its job records and one row per run it ran or reused.
+"""The store -> pandas: a sweep's parent run, its job records and one row per run it ran or reused.
 
-The sweep's jobs record their outcome on the parent run (``job.NNNN`` tags, see :mod:`ablation.sweep`); a skipped
+The sweep's jobs record their outcome on the parent run (:mod:`ablation.store.sweeps`); a skipped
 job points to the earlier run with its fingerprint, so a sweep's rows can come from runs made elsewhere, on other
 hardware: each row carries its ``hardware_class`` ("unknown" for runs older than that tag).
 """
@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
 
-from ablation import sweep, tracking
 from ablation.engine.errors import UserError
 from ablation.report.variants import variant_order
+from ablation.store import reader, sweeps
+from ablation.store.connection import tracking_uri
+from ablation.store.outcome import status_of
+from ablation.store.reader import Run
 
 OWN_LOSSES = ["final_content", "final_style", "final_tv", "final_total"]
 JUDGE_METRICS = ["judge_content", "judge_style", "judge_tv", "judge_total", "ssim_content"]
@@ -61,20 +62,18 @@ class Sweep:
     runs: pd.DataFrame  # variant, seed, run_id, job_status, hardware_class, metrics, params
 
 
-def find_parent(client: MlflowClient, experiment_id: str, wanted: str | None) -> Run:
+def find_parent(experiment_id: str, wanted: str | None) -> Run:
     """The parent run of sweep ``wanted`` (sweep id or parent run id), or the newest sweep's."""
-    parents = client.search_runs(
-        [experiment_id], filter_string="tags.sweep_role = 'parent'", order_by=["attributes.start_time DESC"]
-    )
+    parents = reader.sweep_parents(experiment_id)
     if not parents:
-        raise ReportError(f"no sweep in the store {tracking.tracking_uri()}: run one with make sweep")
+        raise ReportError(f"no sweep in the store {tracking_uri()}: run one with make sweep")
     if wanted is None:
         return parents[0]
     for run in parents:
         if wanted in (run.data.tags.get("sweep_id"), run.info.run_id):
             return run
     known = ", ".join(r.data.tags.get("sweep_id", r.info.run_id) for r in parents[:5])
-    raise ReportError(f"--sweep {wanted!r} is not a sweep in {tracking.tracking_uri()}: the latest are {known}")
+    raise ReportError(f"--sweep {wanted!r} is not a sweep in {tracking_uri()}: the latest are {known}")
 
 
 def run_row(run: Run, job_num: int, job: dict[str, Any]) -> dict[str, Any]:
@@ -95,13 +94,13 @@ def run_row(run: Run, job_num: int, job: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def load_sweep(client: MlflowClient, parent: Run) -> Sweep:
+def load_sweep(parent: Run) -> Sweep:
     """The runs the sweep's jobs ran or reused (skipped jobs point to the earlier run with their fingerprint)."""
-    jobs = sweep.read_jobs(client, parent.info.run_id)
+    jobs = sweeps.read_job_records(parent.info.run_id)
     rows = [
-        run_row(client.get_run(job["run_id"]), num, job)
+        run_row(reader.get_run(job["run_id"]), num, job)
         for num, job in sorted(jobs.items())
-        if job.get("status") in ("finished", "skipped") and job.get("run_id")
+        if (status := status_of(job)) is not None and status.has_run and job.get("run_id")
     ]
     sweep_id = parent.data.tags.get("sweep_id", parent.info.run_id)
     if not rows:
@@ -112,13 +111,12 @@ def load_sweep(client: MlflowClient, parent: Run) -> Sweep:
     return Sweep(sweep_id, parent, jobs, frame.reset_index(drop=True))
 
 
-def tuned_runs(client: MlflowClient, experiment_id: str, iterations: str, content_size: str) -> pd.DataFrame:
+def tuned_runs(experiment_id: str, iterations: str, content_size: str) -> pd.DataFrame:
     """Finished tuning trials (experiment=tune) at the sweep's iterations and content size, one row each."""
-    found = client.search_runs(
-        [experiment_id],
-        filter_string=f"params.`tune.objective` = 'judge_total' and params.`run.iterations` = '{iterations}' "
+    found = reader.search(
+        experiment_id,
+        f"params.`tune.objective` = 'judge_total' and params.`run.iterations` = '{iterations}' "
         f"and params.content_size_wh = '{content_size}' and attributes.status = 'FINISHED'",
-        max_results=5000,
     )
     rows = [
         {

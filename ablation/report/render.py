@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
 from ablation.report import claims, figures, hardware, readings, tables
 from ablation.report.formats import markdown_table
 from ablation.report.html_page import markdown_to_html
 from ablation.report.load import Sweep, tuned_runs
 from ablation.report.variants import TABLE_TITLES, label, variant_order
+from ablation.store.outcome import status_of
 
 RANDOM_WEIGHTS_WARNING = [
     "> **WARNING: random weights.** These runs used seeded random VGG weights (`weights=random`).",
@@ -104,7 +104,7 @@ def header(result: Sweep) -> str:
         lines += RANDOM_WEIGHTS_WARNING
     lines += hardware.mixed_hardware_warning(result)
     facts = header_facts(result)
-    failed = [j for j in result.jobs.values() if j.get("status") not in ("finished", "skipped")]
+    failed = [j for j in result.jobs.values() if (s := status_of(j)) is None or not s.has_run]
     if failed:
         errors = "; ".join(
             f"{j.get('variant')} seed {j.get('seed')}: {j.get('error') or j.get('status')}" for j in failed
@@ -134,13 +134,13 @@ def paper_sections(runs: pd.DataFrame, out_dir: Path) -> list[str]:
     return parts
 
 
-def optional_sections(client: MlflowClient, result: Sweep, runs: pd.DataFrame, out_dir: Path) -> list[str]:
+def optional_sections(result: Sweep, runs: pd.DataFrame, out_dir: Path) -> list[str]:
     """Sections only some sweeps have: optimisers, tuned weights, readings."""
     parts = []
     if result.runs["optim"].nunique() > 1:
         parts += section("Optimisers", OPTIM_WHY, *tables.optimizer_table(result.runs), out_dir, "optimizers.csv")
     experiment_id = result.parent.info.experiment_id
-    trials = tuned_runs(client, experiment_id, str(runs["iterations"].iloc[0]), str(runs["content_size"].iloc[0]))
+    trials = tuned_runs(experiment_id, str(runs["iterations"].iloc[0]), str(runs["content_size"].iloc[0]))
     if len(trials):
         tuned = tables.tuned_table(trials, runs)
         parts += section("Each variant at its best loss weights", TUNED_WHY, *tuned, out_dir, "tuned.csv")
@@ -155,7 +155,7 @@ def optional_sections(client: MlflowClient, result: Sweep, runs: pd.DataFrame, o
     return parts
 
 
-def report_markdown(client: MlflowClient, result: Sweep, out_dir: Path) -> str:
+def report_markdown(result: Sweep, out_dir: Path) -> str:
     """Every section of the report, writing its CSVs and figures into ``out_dir`` on the way."""
     # the report's tables, claims and judge are about upstream's optimiser; other optimisers get their own table
     runs = result.runs[result.runs["optim"] == "adam"] if result.runs["optim"].nunique() > 1 else result.runs
@@ -167,19 +167,19 @@ def report_markdown(client: MlflowClient, result: Sweep, out_dir: Path) -> str:
         "Does the report hold?", CLAIMS_WHY, claims.claims_markdown(verdicts), verdicts, out_dir, "claims.csv"
     )
     parts += section("Runtimes by hardware class", RUNTIME_WHY, *hardware.runtime_table(runs), out_dir, "runtimes.csv")
-    parts += optional_sections(client, result, runs, out_dir)
-    figures.image_grid(client, runs, out_dir / "grid.png")
-    figures.loss_curves(client, runs, out_dir / "curves.png")
+    parts += optional_sections(result, runs, out_dir)
+    figures.image_grid(runs, out_dir / "grid.png")
+    figures.loss_curves(runs, out_dir / "curves.png")
     parts += ["## Images", "", "![content, style and each variant's output](grid.png)", ""]
     parts += ["## Loss curves", "", "![total loss against iteration, log scale](curves.png)", ""]
     parts += section("Runs", "", tables.runs_table(runs), runs, out_dir, "runs.csv")
     return "\n".join(parts)
 
 
-def write_report(client: MlflowClient, result: Sweep, out_dir: Path) -> Path:
+def write_report(result: Sweep, out_dir: Path) -> Path:
     """All files of the report into ``out_dir``; returns the Markdown file."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = report_markdown(client, result, out_dir)
+    text = report_markdown(result, out_dir)
     path = out_dir / "report.md"
     path.write_text(text)
     (out_dir / "report.html").write_text(markdown_to_html(text, out_dir, f"Ablation report: {result.sweep_id}"))

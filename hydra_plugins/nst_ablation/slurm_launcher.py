@@ -1,12 +1,20 @@
-"""``LAUNCHER=slurm``: hydra-submitit-launcher's SLURM launcher with :mod:`ablation.cluster`'s fixes.
+"""``LAUNCHER=slurm``: hydra-submitit-launcher's SLURM launcher, made to work where accounting is off.
 
-Hydra instantiates launchers only from the ``hydra_plugins`` package, hence this module; what it does is
-explained in :mod:`ablation.cluster`.
+Hydra instantiates launchers only from the ``hydra_plugins`` package, hence this module.
+
+submitit learns a job's state from ``sacct``. On a cluster without accounting (a test cluster, ``.ci/slurm``)
+every poll fails and logs "Bypassing sacct error" (three lines each, from its own handlers and Hydra's), and a
+job that ends without writing its result (killed with SIGKILL, out of memory, its node gone) stays "UNKNOWN":
+the sweep waits forever. Here the states come from ``squeue`` (slurmctld keeps finished jobs for
+``MinJobAge`` seconds; a job it no longer knows has ended) when ``scontrol show config`` says accounting is
+off, and a job that ended without a result becomes a failed job of the sweep with one line naming its
+SLURM state and log, instead of a traceback that abandons the others.
 """
 
 from __future__ import annotations
 
 import logging
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,11 +26,69 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 from submitit.core.utils import UncompletedJobError
+from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
-from ablation import sweep
-from ablation.cluster import lost_job_message, quiet_submitit_logger, use_queue_watcher
+from ablation.store import sweeps
+from ablation.store.outcome import Outcome, outcome_record
 
 log = logging.getLogger(__name__)
+
+#: Seconds between state polls at most: an ended job is seen soon, and long before slurmctld forgets it
+#: (MinJobAge, 300 s by default).
+POLL_MAX_S = 10
+NO_ACCOUNTING = "accounting_storage/none"
+
+
+def accounting_off() -> bool:
+    """Whether this cluster keeps no job accounting (``sacct`` would fail on every call)."""
+    try:
+        text = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    settings = (line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return any(k.strip() == "AccountingStorageType" and v.strip() == NO_ACCOUNTING for k, v in settings)
+
+
+class QueueWatcher(SlurmInfoWatcher):
+    """Job states from ``squeue --states=all`` (same fields as submitit's ``sacct`` call).
+
+    A registered job that ``squeue`` no longer lists has ended and been forgotten: its state is ``PURGED``,
+    which submitit counts as done (then the result file, or its absence, tells the outcome).
+    """
+
+    def _make_command(self) -> list[str] | None:
+        if not self._registered - self._finished:
+            return None
+        # all of this user's jobs: with -j, squeue fails outright when one of the ids has been forgotten
+        return ["squeue", "--noheader", "--states=all", "--array", "--me", "-o", "%i|%T|%N"]
+
+    def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
+        text = string.decode() if isinstance(string, bytes) else string
+        info = super().read_info("JobID|State|NodeList\n" + text)
+        for job_id in self._registered - self._finished:
+            info.setdefault(job_id, {"JobID": job_id, "State": "PURGED", "NodeList": ""})
+        return info
+
+
+def use_queue_watcher() -> None:
+    """Make every SLURM job of this process read its state from ``squeue`` (accounting off only)."""
+    if not isinstance(SlurmJob.watcher, QueueWatcher) and accounting_off():
+        SlurmJob.watcher = QueueWatcher(delay_s=POLL_MAX_S)
+        log.info("SLURM accounting is off: job states come from squeue")
+
+
+def quiet_submitit_logger() -> None:
+    """submitit logs through its own handlers (stdout, and stderr from WARNING) and again through the root
+    logger, which Hydra sends to the console and each job's log: every line came twice or three times."""
+    logging.getLogger("submitit").propagate = False
+
+
+def lost_job_message(job: submitit.Job) -> str:
+    """One line for a job that ended without a result: its SLURM state and where its log is."""
+    return (
+        f"SLURM job {job.job_id} ended {job.state} without a result (SIGKILL, out of memory or node failure?); "
+        f"log {job.paths.stderr}; re-run the same make sweep to continue it from its checkpoint"
+    )
 
 
 class SlurmLauncher(submitit_launcher.SlurmLauncher):
@@ -66,7 +132,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         except UncompletedJobError:
             message = lost_job_message(job)
         log.error(f"job {num}: {message}")
-        sweep.record_lost(Path(str(self.config.hydra.sweep.dir)), num, list(overrides), message)
+        sweeps.record_lost(Path(str(self.config.hydra.sweep.dir)), num, list(overrides), message)
         failed = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
-        failed.return_value = {"status": "failed", "error": message}
+        failed.return_value = outcome_record(Outcome.FAILED, None, message)
         return failed

@@ -28,7 +28,7 @@ def not_here(reason: str) -> None:
 def slurm_partition() -> str:
     """The partition of an idle SLURM node this machine can submit to."""
     if shutil.which("sbatch") is None:
-        not_here("sbatch is missing: start a one-node SLURM with `make slurm-up` (README, Cluster)")
+        not_here("sbatch is missing: start a one-node SLURM with `make slurm-up` (docs/cluster.md)")
     done = subprocess.run(["sinfo", "-h", "-o", "%P %T"], capture_output=True, text=True, timeout=30)
     states = [line.split() for line in done.stdout.splitlines() if line.strip()]
     if done.returncode != 0 or not any(state in ("idle", "mixed") for _, state in states):

@@ -22,11 +22,10 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from ablation import heartbeat
 from ablation.engine.checkpoint import CHECKPOINT_ARTIFACT
 from ablation.run import execute
-from ablation.sweep import read_jobs
-from tests.support import DATA_DIR, PROJECT, PYTHON, config
+from ablation.store import heartbeat, lookup
+from tests.support import DATA_DIR, PROJECT, PYTHON, config, job_records, using_store
 
 pytestmark = pytest.mark.slow  # starts processes (see pyproject's markers)
 
@@ -181,7 +180,7 @@ def test_two_variant_sweep_finishes(slurm_partition: str, server: str, tmp_path:
     assert all(logged_steps(client, r.info.run_id) == list(range(21)) for r in runs)
     (parent,) = client.search_runs([runs[0].info.experiment_id], "tags.sweep_role = 'parent'")
     assert parent.info.status == "FINISHED"
-    assert sorted(j["status"] for j in read_jobs(client, parent.info.run_id).values()) == ["finished", "finished"]
+    assert sorted(j["status"] for j in job_records(server, parent.info.run_id).values()) == ["finished", "finished"]
     report = subprocess.run(
         [PYTHON, "-m", "ablation.report", "--experiment", "two", "--sweep", parent.data.tags["sweep_id"]]
         + ["--out", str(tmp_path / "reports")],
@@ -273,7 +272,8 @@ def test_sigkill_leaves_a_run_a_later_sweep_takes_over(
 
         run = wait_for("a checkpoint", past_a_checkpoint)
         fingerprint, experiment_id = run.data.tags["fingerprint"], run.info.experiment_id
-        live = heartbeat.take_over_dead(client, experiment_id, fingerprint, limit_s=60)
+        with using_store(server):
+            live = lookup.take_over_dead(experiment_id, fingerprint, limit_s=60)
         assert live is not None and live.info.run_id == run.info.run_id  # alive: never taken for dead
         assert client.get_run(run.info.run_id).info.status == "RUNNING"
         os.kill(job_python(run.data.tags["slurm_job_id"]), signal.SIGKILL)  # as the out-of-memory killer does

@@ -86,9 +86,10 @@ def test_batched_run_logs_one_mlflow_run_per_seed(tmp_path, monkeypatch):
     that seed run alone through the same engine (average pooling, 1 step: rounding level, see above)."""
     from PIL import Image
 
-    from ablation import job, tracking
+    from ablation import job
     from ablation.engine.prepare import prepare
     from ablation.spec import from_config
+    from ablation.store import connection
 
     pixels = np.random.default_rng(0).integers(0, 256, size=(2, 40, 48, 3), dtype=np.uint8)
     for name, image in zip(("content.png", "style.png"), pixels, strict=True):
@@ -110,7 +111,7 @@ def test_batched_run_logs_one_mlflow_run_per_seed(tmp_path, monkeypatch):
     cfg = config(overrides)
     results = job.execute(cfg)
 
-    client, experiment_id = tracking.open_store("batched")
+    experiment_id, client = connection.open_store("batched"), connection.client()
     runs = {r.data.tags["seed"]: r for r in client.search_runs([experiment_id])}
     assert sorted(runs) == ["0", "1"]
     assert [r["run_id"] for r in results["seed_results"]] == [runs["0"].info.run_id, runs["1"].info.run_id]

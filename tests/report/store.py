@@ -10,7 +10,7 @@ import numpy as np
 from mlflow.entities import Metric, Param, RunStatus
 from PIL import Image
 
-from ablation import sweep, tracking
+from ablation.store import connection, sweeps
 
 START_MS = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC
 PARAMS = {
@@ -87,7 +87,7 @@ def log_run(client, experiment_id: str, parent_id: str, job: int, fake: FakeRun,
 
 def build_store(folder: Path, runs: list[FakeRun], sweep_id: str, overrides: str = "") -> tuple[dict[str, str], str]:
     """A parent run with one job per fake run; returns {run id: stable name} (for golden files) and the parent id."""
-    client, experiment_id = tracking.open_store("nst-ablation")
+    experiment_id, client = connection.open_store("nst-ablation"), connection.client()
     parent = client.create_run(
         experiment_id, start_time=START_MS, run_name=f"sweep-{sweep_id}", tags={"sweep_role": "parent"}
     )
@@ -100,7 +100,7 @@ def build_store(folder: Path, runs: list[FakeRun], sweep_id: str, overrides: str
         run_id = log_run(client, experiment_id, parent_id, job, fake, image)
         ids[run_id] = f"<{fake.variant}-s{fake.seed}>"
         record = {"status": fake.job_status, "run_id": run_id, "variant": fake.variant, "seed": fake.seed}
-        sweep.record_job(client, sweep.SweepJob(parent_id, sweep_id, experiment_id, job), record)
+        sweeps.write_job_record(sweeps.SweepJob(sweeps.SweepRef(parent_id, sweep_id, experiment_id), job), record)
     client.set_terminated(parent_id, RunStatus.to_string(RunStatus.FINISHED), end_time=START_MS + 9000)
     ids[parent_id] = "<parent>"
     return ids, parent_id
