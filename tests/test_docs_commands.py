@@ -207,6 +207,7 @@ and `make sweep EXPERIMENT=table1 SIZE=64 SEEDS=0`.
 """
 
 
+@pytest.mark.slow  # make -n
 def test_the_extractor_finds_each_command_of_a_page() -> None:
     """Five commands: inline code, a fenced line continued with a backslash, two more fenced lines, inline make;
     ``make report`` is not one (it composes nothing)."""
@@ -218,6 +219,7 @@ def test_the_extractor_finds_each_command_of_a_page() -> None:
                                                    "run.seed=0"]  # fmt: skip
 
 
+@pytest.mark.slow  # make -n
 def test_a_bad_documented_command_fails() -> None:
     """An unknown variant inside a sweep, a misspelt key, a value spec refuses and an unknown experiment each
     fail; the good sweep of table1 takes six composes: the command, then each of table1's five variants."""
