@@ -10,14 +10,16 @@ import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ablation.engine.weights import VGGWeights, random_weights
-from tests.support import DATA_DIR, PROJECT, sqlite_store
+if TYPE_CHECKING:
+    from ablation.engine.weights import VGGWeights
 
-SHARED = PROJECT.parent / "shared"
+# torch, MLflow and the project are imported by the fixtures that need them: xdist's controller process loads this
+# file too, and runs no test.
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 #: The test whose setup, call or teardown runs now in this process (its module fixtures' included).
 _current: list[pytest.Item] = []
 #: Programs any test may start: MLflow reads a run's source commit with git (GitPython), in milliseconds.
@@ -97,17 +99,23 @@ def shared() -> Path:
 
 @pytest.fixture(scope="session")
 def vgg19_random() -> VGGWeights:
+    from ablation.engine.weights import random_weights
+
     return random_weights("vgg19", 0)
 
 
 @pytest.fixture(scope="session")
 def vgg16_random() -> VGGWeights:
+    from ablation.engine.weights import random_weights
+
     return random_weights("vgg16", 0)
 
 
 @pytest.fixture
 def store(tmp_path, monkeypatch) -> str:
     """A fresh sqlite MLflow store for this test, and the report's pair from ../shared/data."""
+    from tests.support import DATA_DIR, sqlite_store
+
     uri = sqlite_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("ABLATION_DATA_DIR", str(DATA_DIR))
