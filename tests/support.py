@@ -62,7 +62,7 @@ def sqlite_store(folder: Path) -> str:
     """The URI of the sqlite store ``folder/mlflow.db``, a copy of an empty one when there is none yet.
 
     MLflow creates a fresh store by running its migrations, 3-10 s on a busy 2-core machine; a copy takes
-    milliseconds. The tests of a store made from nothing (jobs racing to create it) use :func:`store_env`.
+    milliseconds. A test of a store made from nothing (jobs racing to create it) uses ``store_env(folder, fresh=True)``.
     """
     db = folder / "mlflow.db"
     if not db.exists():

@@ -199,10 +199,11 @@ def test_report_of_the_repeated_sweep_has_every_variant_and_seed(resumed, monkey
 
 @pytest.mark.slow
 def test_parallel_jobs_on_a_fresh_store_lose_nothing_and_a_failed_job_stops_no_other(tmp_path):
-    # Eight jobs, four at a time (joblib's process pool), on a store that does not exist yet, into two experiments
-    # the jobs create at once; images.width=8 is too small for the network, so those four jobs fail at set-up while
-    # the others run: the sweep ends non-zero and names them. Without the store lock the jobs race to create the
-    # experiments; without explicit experiment ids a run can land under Default.
+    # Eight jobs, two at a time (joblib's process pool), on a store that does not exist yet, into two experiments
+    # that the jobs create: the first two both want exp-A, the next two exp-B. images.width=8 is too small for the
+    # network, so those four jobs fail at set-up while the others run: the sweep ends non-zero and names them.
+    # Without the store lock the jobs race to create the experiments; without explicit experiment ids a run can
+    # land under Default.
     result = run_sweep(
         tmp_path,
         "parallel",
@@ -210,7 +211,8 @@ def test_parallel_jobs_on_a_fresh_store_lose_nothing_and_a_failed_job_stops_no_o
         "tracking.experiment=exp-A,exp-B",
         "images.width=32,8",
         "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=4",
+        "hydra.launcher.n_jobs=2",
+        timeout_s=400,
         fresh=True,
     )
     assert result.returncode == 1, result.stderr[-2000:]
