@@ -82,13 +82,14 @@ def config(overrides: Sequence[str] = ()) -> dict[str, Any]:
     return schema.plain(composed(overrides))
 
 
-def config_and_hydra(overrides: Sequence[str] = ()) -> tuple[dict[str, Any], DictConfig]:
-    """:func:`config` and Hydra's own node apart (unresolved: it needs a running job to resolve)."""
+def config_and_hydra(overrides: Sequence[str] = ()) -> tuple[DictConfig, DictConfig]:
+    """The composed config (typed by the schema's dataclasses; ``schema.plain`` makes it :func:`config`) and Hydra's
+    own node, apart (unresolved: it needs a running job to resolve)."""
     cfg = composed(overrides, hydra=True)
     hydra = cfg.hydra
     with open_dict(cfg):
         del cfg["hydra"]
-    return schema.plain(cfg), hydra
+    return cfg, hydra
 
 
 def config_for(variant: str = "original", **overrides: object) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +21,17 @@ import torch
 from hydra.errors import HydraException
 from mlflow.tracking import MlflowClient
 
+from ablation.engine import memory
+from ablation.engine.errors import UserError
 from ablation.engine.images import ImageError
 from ablation.engine.inputs import DataError
-from ablation.engine.memory import MemoryEstimateError, layer_sizes, transfer_bytes
+from ablation.engine.memory import MemoryEstimateError, planned_sizes, transfer_bytes
+from ablation.engine.network import layer_shapes
 from ablation.engine.weights import WeightsError, load_weights, random_weights
 from ablation.job import execute
 from ablation.paths import variant_names
 from ablation.run import _CLI_MARK, USER_ERRORS, debug_requested, one_line
-from ablation.spec import SpecError
+from ablation.spec import SpecError, from_config
 from ablation.store.connection import TrackingError
 from tests.support import PROJECT, PYTHON, composed, config, free_port, run_overrides, sqlite_store, store_env
 
@@ -69,27 +73,28 @@ NO_RELU5_4 = (
 
 
 @pytest.mark.parametrize(
-    ("overrides", "pattern"),
+    ("overrides", "error", "pattern"),
     [
-        (["run.iterations=0"], r"run\.iterations=0 must be > 0"),
-        (["run.iterations=-3"], r"run\.iterations=-3 must be > 0"),
-        (["loss.style_weight=-1"], r"loss\.style_weight=-1\.0 must be >= 0"),
-        (["loss.tv_weight=-0.5"], r"loss\.tv_weight=-0\.5 must be >= 0"),
-        (["optim.lr=0"], r"optim\.lr=0\.0 must be > 0"),
-        (["loss.content_blend=1.5"], r"loss\.content_blend=1\.5 must be in \[0, 1\]"),
-        (["run.init_noise_blend=-0.1"], r"run\.init_noise_blend=-0\.1 must be in \[0, 1\]"),
-        (["images.style_blend=[0]"], r"images\.style_blend=\[0\.0\] sums to 0"),
-        (["images.style_blend=[0,0]", "images.styles=[a.jpg,b.jpg]"], r"sums to 0"),
-        (["images.width=-3"], r"images\.width=-3 must be > 0"),
-        (["variant.arch=vgg16", "variant.final_layer=relu5_4"], re.escape(NO_RELU5_4)),
-        (["optim=lbfgs", "run.seeds=[0,1]"], r"L-BFGS's history would couple the seeds"),
-        (["run.seeds=[0,0]"], r"run\.seeds=\[0, 0\] repeats a seed"),
-        (["run.seeds=[]"], r"run\.seeds is empty"),
+        (["run.iterations=0"], SpecError, r"run\.iterations=0 must be > 0"),
+        (["run.iterations=-3"], SpecError, r"run\.iterations=-3 must be > 0"),
+        (["loss.style_weight=-1"], SpecError, r"loss\.style_weight=-1\.0 must be >= 0"),
+        (["loss.tv_weight=-0.5"], SpecError, r"loss\.tv_weight=-0\.5 must be >= 0"),
+        (["optim.lr=0"], SpecError, r"optim\.lr=0\.0 must be > 0"),
+        (["loss.content_blend=1.5"], SpecError, r"loss\.content_blend=1\.5 must be in \[0, 1\]"),
+        (["run.init_noise_blend=-0.1"], SpecError, r"run\.init_noise_blend=-0\.1 must be in \[0, 1\]"),
+        (["images.style_blend=[0]"], SpecError, r"images\.style_blend=\[0\.0\] sums to 0"),
+        (["images.style_blend=[0,0]", "images.styles=[a.jpg,b.jpg]"], SpecError, r"sums to 0"),
+        (["images.width=-3"], SpecError, r"images\.width=-3 must be > 0"),
+        (["variant.arch=vgg16", "variant.final_layer=relu5_4"], UserError, re.escape(NO_RELU5_4)),
+        (["optim=lbfgs", "run.seeds=[0,1]"], SpecError, r"L-BFGS's history would couple the seeds"),
+        (["run.seeds=[0,0]"], SpecError, r"run\.seeds=\[0, 0\] repeats a seed"),
+        (["run.seeds=[]"], SpecError, r"run\.seeds is empty"),
     ],
-    ids=lambda value: " ".join(value) if isinstance(value, list) else "refused",
+    ids=lambda value: " ".join(value) if isinstance(value, list) else getattr(value, "__name__", "match"),
 )
-def test_bad_values_are_refused_naming_the_value(store: Path, overrides: list[str], pattern: str) -> None:
-    refused(store, overrides, SpecError, pattern)
+def test_bad_values_are_refused_naming_the_value(store: Path, overrides: list[str], error: type, pattern: str) -> None:
+    """The spec's checks, and the network's check of the final layer (a UserError the spec raises)."""
+    refused(store, overrides, error, pattern)
 
 
 def test_missing_and_unreadable_images(store: Path, tmp_path: Path) -> None:
@@ -109,6 +114,21 @@ def test_memory_estimate_refuses_a_size_that_cannot_fit(store: Path) -> None:
     assert 16 <= suggested < 200000
 
 
+def test_memory_check_counts_batched_seeds(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """4 batched seeds where one seed fits but four do not: refused, naming the batch and the way out; the same
+    seeds one after another pass the check."""
+    seeds = ["run.seeds=[0,1,2,3]", "run.batch_seeds=true"]
+    spec = from_config(config(run_overrides(store, 2) + seeds))
+    sizes = planned_sizes(spec)
+    one, four = (transfer_bytes("vgg19", spec.last_layer, "max", *sizes, batch).total_bytes for batch in (1, 4))
+    monkeypatch.setattr(memory, "available_bytes", lambda device: (one + four) // 2)
+    message = refused(
+        store, seeds, MemoryEstimateError, r"16x16 px transfer of 4 batched seeds \(run\.seeds=\[0, 1, 2, 3\]\)"
+    )
+    assert "set run.batch_seeds=false (one seed after another) or use images.width=" in message
+    assert memory.check_fits(replace(spec, batch_seeds=False), torch.device("cpu")).total_bytes == one
+
+
 def test_memory_estimate_by_hand() -> None:
     """vgg19 up to relu1_1 on 4x4: conv1_1 and relu1_1 each hold 64*16 = 1024 floats.
 
@@ -116,11 +136,12 @@ def test_memory_estimate_by_hand() -> None:
     and the content target 4*1024. Fixed: weights 2 * 4 * all vgg19 conv parameters (20,024,384) and
     Grams 4 * (64^2+128^2+256^2+2*512^2).
     """
-    assert layer_sizes("vgg19", "relu1_1", 4, 4) == [("conv1_1", 1024), ("relu1_1", 1024)]
+    shapes = layer_shapes("vgg19", "relu1_1", 4, 4)
+    assert [(s.name, s.elements) for s in shapes] == [("conv1_1", 1024), ("relu1_1", 1024)]
     estimate = transfer_bytes("vgg19", "relu1_1", "max", (4, 4), [(4, 4)], batch=2)
     assert estimate.pixel_bytes == 2 * 17152 + 4 * 2048 + 4 * 1024
     assert estimate.fixed_bytes == 2 * 4 * 20_024_384 + 4 * (4096 + 16384 + 65536 + 2 * 262144)
-    assert layer_sizes("vgg19", "pool1", 5, 3)[-1] == ("pool1", 64 * 3 * 2)  # SAME pooling rounds up
+    assert layer_shapes("vgg19", "pool1", 5, 3)[-1].elements == 64 * 3 * 2  # SAME pooling rounds up
 
 
 def test_weights_of_the_wrong_architecture_name_layer_and_shapes(tmp_path: Path) -> None:

@@ -18,6 +18,13 @@ def test_every_variant_file_composes_into_a_spec_named_after_it(variant):
     assert spec.variant == variant and spec.network.final_layer in ("relu5_1", "relu5_3", "relu5_4")
 
 
+def test_seeds_are_one_batch_on_a_gpu_and_one_after_another_on_a_cpu_unless_told():
+    spec = from_config(config_for(**{"run.seeds": "[0,1,2,3]"}))
+    assert spec.seed_batches("cuda") == [(0, 1, 2, 3)] and spec.seed_batches("cpu") == [(0,), (1,), (2,), (3,)]
+    batched = from_config(config_for(**{"run.seeds": "[0,1,2,3]", "run.batch_seeds": "true"}))
+    assert batched.seed_batches("cpu") == [(0, 1, 2, 3)]
+
+
 def test_readings_sweep_every_reading_and_its_references():
     cfg = composed(["experiment=readings"], hydra=True)
     variants = cfg.hydra.sweeper.params["variant"].split(",")

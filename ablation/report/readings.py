@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ablation.report.formats import markdown_table
+from ablation.report.quantities import LOSSES
 from ablation.report.variants import label, named, reported_table, reported_variants, variant_order
 
 WHY = (
@@ -19,13 +20,6 @@ WHY = (
     "pattern lies closest to the reported one is named: with real weights that is the likeliest reading; with random "
     "weights the section only shows the machinery."
 )
-#: (loss, measured column, reported column)
-LOSSES = [
-    ("content", "final_content", "content_loss"),
-    ("style", "final_style", "style_loss"),
-    ("tv", "final_tv", "tv_loss"),
-    ("total", "final_total", "total_loss"),
-]
 
 
 def has_readings(runs: pd.DataFrame) -> bool:
@@ -36,9 +30,9 @@ def has_readings(runs: pd.DataFrame) -> bool:
 
 def measured_patterns(runs: pd.DataFrame) -> pd.DataFrame:
     """Per measured variant but original: each loss's mean over seeds / original's mean (index: variant)."""
-    means = runs.groupby("variant")[[column for _, column, _ in LOSSES]].mean()
+    means = runs.groupby("variant")[[q.own for q in LOSSES]].mean()
     ratios = means.drop(index="original") / means.loc["original"]
-    ratios.columns = [loss for loss, _, _ in LOSSES]
+    ratios.columns = [q.name for q in LOSSES]
     return ratios.loc[variant_order(list(ratios.index))]
 
 
@@ -48,7 +42,7 @@ def reported_patterns() -> pd.DataFrame:
     for name in ("table1", "table2"):
         table = reported_table(name)
         for variant in table.index.drop("original"):
-            rows[variant] = {loss: table.loc[variant, col] / table.loc["original", col] for loss, _, col in LOSSES}
+            rows[variant] = {q.name: table.loc[variant, q.reported] / table.loc["original", q.reported] for q in LOSSES}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -79,9 +73,9 @@ def readings_section(runs: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     """The patterns (measured and reported), the distances, and the closest reading per variant of the report."""
     measured, reported = measured_patterns(runs), reported_patterns()
     table = distances(measured, reported)
-    ratio_rows = [[named(v), *(f"{measured.loc[v, loss]:.3g}" for loss, _, _ in LOSSES)] for v in measured.index]
+    ratio_rows = [[named(v), *(f"{measured.loc[v, q.name]:.3g}" for q in LOSSES)] for v in measured.index]
     ratio_rows += [
-        [f"{label(v)} (reported)", *(f"{reported.loc[v, loss]:.3g}" for loss, _, _ in LOSSES)] for v in reported.index
+        [f"{label(v)} (reported)", *(f"{reported.loc[v, q.name]:.3g}" for q in LOSSES)] for v in reported.index
     ]
     nearest = closest(table, architectures(runs))
     distance_rows = [
@@ -92,7 +86,7 @@ def readings_section(runs: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     parts = [
         "Loss / original's loss (own networks, mean over seeds):",
         "",
-        markdown_table(["Variant", *(loss for loss, _, _ in LOSSES)], ratio_rows),
+        markdown_table(["Variant", *(q.name for q in LOSSES)], ratio_rows),
         "",
         "Distance to each of the report's patterns (RMS of log-ratio differences; bold: the closest of the same "
         "network, VGG19 or VGG16, when the sweep ran the report's variant):",

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from ablation.engine.errors import UserError
 from ablation.engine.losses import LossWeights
 from ablation.engine.network import NetworkSpec, VGGFeatures, deepest, layer_names, layer_shapes
 from ablation.spec import from_config
@@ -80,7 +81,7 @@ def test_final_layer_deeper_than_any_read_changes_no_module_and_warns(vgg19_rand
 
 
 def test_final_layer_the_architecture_lacks_is_refused_naming_the_choices(vgg19_random):
-    with pytest.raises(ValueError, match=r"vgg16 has no layer 'relu5_4'.*choose one of relu1_1, .*, relu5_3$"):
+    with pytest.raises(UserError, match=r"='relu5_4': vgg16 has no such layer; choose one of relu1_1, .*, relu5_3$"):
         VGGFeatures(NetworkSpec(arch="vgg16", final_layer="relu5_4"), vgg19_random.convs, "relu5_1")
 
 
