@@ -60,9 +60,11 @@ def summarise(sweep_id: str, jobs: Mapping[int, Mapping[str, Any]]) -> tuple[str
     return line, failed
 
 
-def job_identity(variant: Any, seed: Any, overrides: Any) -> dict[str, Any]:
-    """What a job record says about which job it is."""
-    return {"variant": str(variant), "seed": seed, "overrides": list(overrides)}
+def job_identity(variant: Any, seed: Any, overrides: Any, condition: Any = None) -> dict[str, Any]:
+    """What a job record says about which job it is; ``condition`` (a file of ``conf/condition/``) only when the job
+    has one, so the report can set the sweep's runs side by side per condition."""
+    identity = {"variant": str(variant), "seed": seed, "overrides": list(overrides)}
+    return identity | ({"condition": str(condition)} if condition else {})
 
 
 def _config_identity(config: DictConfig) -> dict[str, Any]:
@@ -70,6 +72,7 @@ def _config_identity(config: DictConfig) -> dict[str, Any]:
         OmegaConf.select(config, "variant.name"),
         OmegaConf.select(config, "run.seed"),
         OmegaConf.to_container(config.hydra.overrides.task),
+        OmegaConf.select(config, "hydra.runtime.choices.condition"),
     )
 
 
@@ -125,6 +128,12 @@ class SweepCallback(Callback):
 
 def record_outcome(job: SweepJob, config: Mapping[str, Any], results: Mapping[str, Any]) -> None:
     """Record a job's outcome from inside the job (sweepers whose jobs return a bare number; a stopped job)."""
-    identity = job_identity(config["variant"]["name"], config["run"]["seed"], HydraConfig.get().overrides.task)
+    hydra_cfg = HydraConfig.get()
+    identity = job_identity(
+        config["variant"]["name"],
+        config["run"]["seed"],
+        hydra_cfg.overrides.task,
+        hydra_cfg.runtime.choices.get("condition"),
+    )
     outcome = outcome_record(results["status"], results.get("run_id"), results.get("error"))
     sweeps.write_job_record(job, {**identity, **outcome})

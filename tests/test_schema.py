@@ -15,7 +15,7 @@ from ablation.paths import CONF_DIR
 from ablation.store.runlog import flatten
 
 GROUP_FILES = {group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) for group in ("variant", "optim",
-               "weights", "images", "experiment")}  # fmt: skip
+               "weights", "images", "experiment", "condition")}  # fmt: skip
 NEEDS_PATH = {"matconvnet", "file"}
 
 
