@@ -20,11 +20,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ablation import schema
+from ablation.bench.estimate import SweepEstimate, duration, estimate_sweep
+from ablation.engine.errors import UserError
 from ablation.store import connection, sweeps
 from ablation.store.outcome import Outcome, outcome_record, status_of
 from ablation.store.sweeps import SweepJob
@@ -83,6 +89,49 @@ def returned_outcome(value: Any) -> dict[str, Any]:
     return outcome_record(Outcome.FAILED, None, f"{type(value).__name__}: {value}")
 
 
+def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
+    """Each job's overrides as Hydra's basic sweeper expands them (its axes, then the command line's, as a
+    product); None under another sweeper (Optuna's trials are drawn one by one, not listed)."""
+    target = str(OmegaConf.select(config, "hydra.sweeper._target_") or "")
+    if target.rsplit(".", 1)[-1] != BasicSweeper.__name__:
+        return None
+    axes = [f"{key}={value}" for key, value in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
+    arguments = list(OmegaConf.to_container(config.hydra.overrides.task))
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    return [
+        job for batch in BasicSweeper.split_arguments(parser.parse_overrides(axes + arguments), None) for job in batch
+    ]
+
+
+def job_composer(config: DictConfig):
+    """A function composing one job's config from its overrides, as the sweeper will (a plain dict, no ``hydra``)."""
+    loader = GlobalHydra.instance().config_loader()
+
+    def compose(overrides: list[str]) -> dict[str, Any]:
+        composed = loader.load_sweep_config(config, list(overrides))
+        with open_dict(composed):
+            del composed["hydra"]
+        return schema.plain(composed)
+
+    return compose
+
+
+def estimate(config: DictConfig, experiment_id: str) -> SweepEstimate | None:
+    """The sweep's jobs, how many are reused and how long the rest take here, printed before the first job starts;
+    None (and a line saying why) when it cannot be told: another sweeper, or a job that will fail anyway."""
+    jobs = sweep_jobs(config)
+    if jobs is None:
+        return None
+    try:
+        found = estimate_sweep(jobs, job_composer(config), experiment_id)
+    except UserError as err:  # the job will say it again, in its own record
+        print(f"sweep estimate: none ({err})", file=sys.stderr)
+        return None
+    timeout_min = OmegaConf.select(config, "hydra.launcher.timeout_min")  # a cluster launcher's time limit
+    print(found.text(timeout_min), file=sys.stderr)
+    return found
+
+
 class SweepCallback(Callback):
     """Parent run before the first job, a record per job, a summary after the last one.
 
@@ -94,11 +143,26 @@ class SweepCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()  # resolved once here; jobs see the same value
         name = OmegaConf.select(config, "hydra.runtime.choices.experiment") or "sweep"
         overrides = list(OmegaConf.to_container(config.hydra.overrides.task))
+        found = estimate(config, experiment_id)
         parent = sweeps.create_parent(experiment_id, name, time.strftime("%Y%m%d-%H%M%S"), sweep_dir, overrides)
+        if found is not None:
+            sweeps.tag_parent(parent, {"sweep_estimate_s": f"{found.seconds:.1f}"})
+        self.started_s, self.estimated_s = time.monotonic(), None if found is None else found.seconds
         print(
             f"sweep {parent.sweep_id}: parent run {parent.parent_run_id} in {connection.tracking_uri()}",
             file=sys.stderr,
         )
+
+    def timing(self, parent: sweeps.SweepRef) -> list[str]:
+        """'took 3.1 min (estimated 3.3 min)': the sweep's time from its first job against the estimate, also tagged
+        on the parent run (``sweep_took_s`` beside ``sweep_estimate_s``)."""
+        started = getattr(self, "started_s", None)  # None: the sweep did not start in this process
+        if started is None:
+            return []
+        took_s = time.monotonic() - started
+        sweeps.tag_parent(parent, {"sweep_took_s": f"{took_s:.1f}"})
+        estimated = getattr(self, "estimated_s", None)
+        return [f"took {duration(took_s)}" + (f" (estimated {duration(estimated)})" if estimated is not None else "")]
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         job = current_job(config)
@@ -118,7 +182,7 @@ class SweepCallback(Callback):
             return
         jobs = sweeps.read_job_records(parent.parent_run_id)
         line, failed = summarise(parent.sweep_id, jobs)
-        text = "\n".join([line, *failed])
+        text = "\n".join([line, *self.timing(parent), *failed])
         sweeps.finish_parent(parent, jobs, text, failed=bool(failed))
         print(text, file=sys.stderr)
         print(f"report: python -m ablation.report --sweep {parent.sweep_id}", file=sys.stderr)
