@@ -16,11 +16,11 @@ from typing import Any
 
 import pandas as pd
 
-from ablation.report import claims, stats
+from ablation.report import claims, evidence, stats
 from ablation.report.formats import finite, markdown_table
 from ablation.schema import RESULT_NEUTRAL_KEYS
 
-BASES = {"own": "own losses", "judge": "judge"}
+BASES = evidence.BASES
 SIZE_PARAM = "content_size_wh"
 SYMBOLS = {claims.HOLDS: "✓", claims.FAILS: "✗", claims.INCONCLUSIVE: "?"}
 WHY = (
@@ -143,20 +143,6 @@ def claim_record(group: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def magnitude_fields(claim: pd.Series, row: dict[str, Any]) -> dict[str, Any]:
-    """The stated change beside the measured one (binding comparison, 95% interval, unadjusted) and the report's."""
-    stated = claim["stated_change_pct"]
-    if not finite(stated):
-        return {}
-    reported = stats.change_pct(claims.on_reported(claim)[1].ratio)
-    fields = {"reported_change_pct": reported, "reported_agrees": stats.agrees(reported, stated)}
-    if finite(row.get("ci_low", math.nan)):
-        low, high = stats.change_pct(row["ci_low"]), stats.change_pct(row["ci_high"])
-        fields |= {"change_pct": stats.change_pct(row["ratio"]), "change_ci_low_pct": low, "change_ci_high_pct": high}
-        fields["stated_inside"] = stats.inside(stated, low, high)
-    return fields
-
-
 def evaluate_conditions(runs: pd.DataFrame, settings: pd.DataFrame) -> pd.DataFrame:
     """The frame behind ``conditions.csv``: one row per claim, condition and basis, in the report's claim order."""
     records = [r for c in settings.index for r in comparison_records(runs[runs["condition"] == c], c)]
@@ -174,7 +160,7 @@ def evaluate_conditions(runs: pd.DataFrame, settings: pd.DataFrame) -> pd.DataFr
             "claim": claims.claim_words(claim),
             **row,
             "stated_change_pct": claim["stated_change_pct"],
-            **magnitude_fields(claim, row),
+            **evidence.magnitude_fields(claim, row),
             **{f"setting.{k}": settings.loc[condition, k] for k in settings.columns},
         }
         rows.append(row)
@@ -277,68 +263,6 @@ def conditions_markdown(runs: pd.DataFrame, settings: pd.DataFrame) -> str:
     return markdown_table(["Condition", "Settings", "Runs", "Seeds"], body, numeric=False)
 
 
-def change_text(change: float, low: float, high: float) -> str:
-    return f"{change:+.2f}% [{low:+.2f}%, {high:+.2f}%]"
-
-
-def magnitudes_markdown(frame: pd.DataFrame) -> str:
-    """Each claim with a stated change: the report's own figure, then per condition the measured change with its
-    95% interval and whether the stated figure lies inside, on own losses and under the judge."""
-    stated = frame[frame["stated_change_pct"].map(finite)]
-    body = []
-    for (claim_id, condition), rows in stated.groupby(["id", "condition"], sort=False):
-        first = rows.iloc[0]
-        digits = max(2, stats.stated_digits(first["stated_change_pct"]))  # as precise as the text, or 0.01%
-        agreement = "agrees" if first["reported_agrees"] else "differs"
-        reported = f"{first['reported_change_pct']:+.{digits}f}% ({agreement})"
-        line = [f"`{claim_id}`", f"{first['stated_change_pct']:+.{digits}f}%", reported, f"`{condition}`"]
-        for basis in BASES:
-            row = rows[rows["basis"] == basis].iloc[0]
-            if finite(row.get("change_ci_low_pct", math.nan)):
-                where = "inside" if row["stated_inside"] else "outside"
-                line.append(f"{change_text(row['change_pct'], row['change_ci_low_pct'], row['change_ci_high_pct'])}: "
-                            f"{where}")  # fmt: skip
-            else:
-                line.append("not measured" if row["verdict"].startswith("not measured") else f"— ({row['verdict']})")
-        body.append(line)
-    header = ["Claim", "Text", "Report's tables", "Condition", "Own losses: change [95% CI]", "Judge: change [95% CI]"]
-    return markdown_table(header, body, numeric=False)
-
-
-def seeds_markdown(frame: pd.DataFrame) -> str:
-    """Each headline-inconclusive claim measured with 2 seeds or more: how many seeds per variant would decide it."""
-    body = []
-    for row in frame[frame["verdict"] == claims.INCONCLUSIVE].to_dict("records"):
-        if not finite(row.get("p_value", math.nan)):
-            continue
-        needed = row["seeds_needed"]
-        if row["no_effect"]:
-            decide = "no effect measured"
-        elif needed > stats.MAX_SEEDS:
-            decide = f"more than {stats.MAX_SEEDS} seeds"
-        else:
-            decide = f"~{needed:.0f} seeds would decide"
-        effect = f"×{claims.format_ratio(row['ratio'])} [{claims.format_ratio(row['ci_low'])}, "
-        effect += f"{claims.format_ratio(row['ci_high'])}] vs `{row['versus']}`"
-        body.append([f"`{row['id']}`", f"`{row['condition']}`", BASES[row["basis"]], effect,
-                     f"{row['seeds_now']:.0f}", decide])  # fmt: skip
-    header = ["Claim", "Condition", "Basis", "Measured (95% CI)", "Seeds now", "Seeds per variant to decide"]
-    return markdown_table(header, body, numeric=False) if body else "No inconclusive claim with 2 seeds or more."
-
-
-MAGNITUDES_WHY = (
-    "A claim that states its change (the text's figure; \"double\" is +100%): the report's own tables give it "
-    "exactly or not (agrees at the text's decimals, or differs), and each condition's runs give the measured change "
-    "of the geometric means with its 95% interval (unadjusted); the stated figure lies inside or outside it."
-)
-SEEDS_WHY = (
-    "For each inconclusive headline verdict: the seeds per variant at which, with the measured effect and spreads "
-    "held, the interval would exclude a ratio of 1 at the level the adjustment asks of it (0.05 / the number of "
-    "comparisons, Bonferroni's, which Holm's never falls below). \"No effect measured\" when the effect is smaller "
-    "than its own standard error: more seeds would only measure noise. Several comparisons: the most any needs."
-)
-
-
 def conditions_section(runs: pd.DataFrame, params: dict[str, dict[str, str]]) -> tuple[str, pd.DataFrame]:
     """The section's Markdown (conditions, matrix, flips, magnitudes, seeds needed) and its CSV frame."""
     settings = condition_settings(runs, params)
@@ -354,14 +278,14 @@ def conditions_section(runs: pd.DataFrame, params: dict[str, dict[str, str]]) ->
         "",
         "### Stated magnitudes",
         "",
-        MAGNITUDES_WHY,
+        evidence.MAGNITUDES_WHY,
         "",
-        magnitudes_markdown(frame),
+        evidence.magnitudes_markdown(frame),
         "",
         "### Seeds needed",
         "",
-        SEEDS_WHY,
+        evidence.SEEDS_WHY,
         "",
-        seeds_markdown(frame),
+        evidence.seeds_markdown(frame),
     ]  # fmt: skip
     return "\n".join(parts), frame

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from ablation.report import claims, conditions, stats
+from ablation.report import claims, evidence, stats
 from ablation.report.__main__ import main as report_main
 from tests.report.store import FakeRun, build_store
 
@@ -177,7 +177,7 @@ def test_stated_magnitudes_on_the_reports_own_numbers_claim_by_claim():
     stated = table[table["stated_change_pct"].map(np.isfinite)]
     assert set(stated.index) == set(OWN_NUMBERS)
     for claim_id, (change, agrees) in OWN_NUMBERS.items():
-        found = conditions.magnitude_fields(table.loc[claim_id], {})
+        found = evidence.magnitude_fields(table.loc[claim_id], {})
         assert found["reported_change_pct"] == pytest.approx(change), claim_id
         assert found["reported_agrees"] == agrees, claim_id
     assert OWN_NUMBERS["leaky_relu_content"][0] == pytest.approx(91.578, abs=1e-3)
