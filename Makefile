@@ -65,7 +65,7 @@ ui: install  ## MLflow UI on the project's store, bound to 127.0.0.1
 SERVER_HOST ?= 127.0.0.1
 SERVER_PORT ?= 5000
 STORE_DIR ?= $(CURDIR)/runs
-# STORE_URI: the server's backend store, e.g. postgresql://USER:PASSWORD@HOST:5432/mlflow (README, Cluster)
+# STORE_URI: the server's backend store, e.g. postgresql://USER:PASSWORD@HOST:5432/mlflow (docs/cluster.md)
 STORE_URI ?= sqlite:///$(STORE_DIR)/mlflow.db
 server: install  ## MLflow tracking server on the project's store; set MLFLOW_TRACKING_URI=http://$(SERVER_HOST):$(SERVER_PORT)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server \

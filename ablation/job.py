@@ -177,18 +177,6 @@ def transfer(
     return list(zip(runs, results, strict=True))
 
 
-def seed_batches(job: Job) -> list[tuple[int, ...]]:
-    """The seeds as one batch, or one after another (network and targets built once either way).
-
-    ``run.batch_seeds=null`` batches on a GPU, which has idle compute to fill, and runs one seed after another on
-    a CPU, where the bench measured a batch of 4 seeds slower than 4 single seeds (no idle compute, more memory).
-    """
-    batched = job.config["run"]["batch_seeds"]
-    if batched is None:
-        batched = job.device.type != "cpu"
-    return [job.spec.seeds] if batched else [(seed,) for seed in job.spec.seeds]
-
-
 def execute(config: dict[str, Any], sweep: SweepJob | None = None, stop: StopRequest | None = None) -> dict[str, Any]:
     """One run per seed of a composed config. Returns the first seed's outcome record with its metrics (every seed's
     under ``seed_results`` with several seeds), or a ``skipped`` one when a sweep finds every seed done or live."""
@@ -207,7 +195,7 @@ def execute(config: dict[str, Any], sweep: SweepJob | None = None, stop: StopReq
     ]
     scorer = make_scorer(job.config, problems[-1])
     setup_s, all_results = time.perf_counter() - started, []
-    for seeds in seed_batches(job):
+    for seeds in job.spec.seed_batches(job.device.type):
         batch_started = time.perf_counter()
         for run, results in transfer(
             job.with_seeds(seeds), problems, scorer, previous, stop or StopRequest(), setup_s, machine

@@ -213,30 +213,19 @@ def _section(hint: Any) -> type | None:
     return next((c for c in candidates if is_dataclass(c)), None)
 
 
-def _keys(node: type, prefix: str, only_neutral: bool) -> set[str]:
+def neutral_keys(node: type, prefix: str = "") -> frozenset[str]:
+    """The dotted keys of ``node`` marked :func:`neutral`, its sections' and its groups' options' included."""
     keys: set[str] = set()
     hints = get_type_hints(node)
     for f in fields(node):
         section = _section(hints[f.name])
         if section is not None:
-            keys |= _keys(section, f"{prefix}{f.name}.", only_neutral)
-            if f.default is None and not only_neutral:  # an optional section may also be just null
-                keys.add(f"{prefix}{f.name}")
+            keys |= neutral_keys(section, f"{prefix}{f.name}.")
         elif f.name in GROUP_OPTIONS:
-            keys |= {k for option in GROUP_OPTIONS[f.name].values() for k in _keys(option, f"{f.name}.", only_neutral)}
-        elif f.metadata.get(NEUTRAL) or not only_neutral:
+            keys |= {k for option in GROUP_OPTIONS[f.name].values() for k in neutral_keys(option, f"{f.name}.")}
+        elif f.metadata.get(NEUTRAL):
             keys.add(f"{prefix}{f.name}")
-    return keys
-
-
-def schema_keys() -> frozenset[str]:
-    """Every dotted key a composed config can hold (the group options' included)."""
-    return frozenset(_keys(Config, "", only_neutral=False))
-
-
-def result_neutral_keys() -> frozenset[str]:
-    """Dotted keys that change no result, read off the schema."""
-    return frozenset(_keys(Config, "", only_neutral=True))
+    return frozenset(keys)
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:
@@ -245,6 +234,6 @@ def plain(cfg: DictConfig) -> dict[str, Any]:
 
 
 #: The one list of keys that do not change results: used by the fingerprint (and so by resume and skip).
-RESULT_NEUTRAL_KEYS = result_neutral_keys()
+RESULT_NEUTRAL_KEYS = neutral_keys(Config)
 
 register()

@@ -13,7 +13,7 @@ from typing import Any
 from ablation.engine.backends import check_channels_last
 from ablation.engine.errors import UserError
 from ablation.engine.losses import LossWeights
-from ablation.engine.network import NetworkSpec, activation_layers
+from ablation.engine.network import NetworkSpec, check_final_layer
 from ablation.engine.plan import ImagesSpec, RunSpec, WeightsSpec
 from ablation.engine.transfer import AdamSettings, EngineOptions, LBFGSSettings
 
@@ -30,11 +30,7 @@ def _require(ok: bool, message: str) -> None:
 def network_of(variant: dict[str, Any]) -> NetworkSpec:
     """The variant's network; its ``final_layer`` must be an activation of its ``arch``."""
     network = NetworkSpec(**{k: variant[k] for k in NetworkSpec.__dataclass_fields__})
-    layers, final = activation_layers(network.arch), network.final_layer
-    _require(
-        final in layers,
-        f"variant.final_layer={final!r}: {network.arch} has no such layer; choose one of {', '.join(layers)}",
-    )
+    check_final_layer(network)
     return network
 
 
@@ -149,6 +145,7 @@ def from_config(cfg: dict[str, Any]) -> RunSpec:
         match_style_colors=transfer["match_style_colors"],
         scales=tuple(run["scales"]) if run["scales"] else None,
         scale_iterations=tuple(run["scale_iterations"]) if run["scale_iterations"] else None,
+        batch_seeds=run["batch_seeds"],
     )
 
 

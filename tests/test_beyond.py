@@ -7,7 +7,7 @@ from PIL import Image
 from ablation.engine.colors import luminance_transfer_ycbcr, match_colors, preserve_colors
 from ablation.engine.losses import LossWeights
 from ablation.engine.network import NetworkSpec, VGGFeatures
-from ablation.engine.transfer import LBFGSSettings, compute_targets, initial_image, new_state, stylize
+from ablation.engine.transfer import TOTAL, LBFGSSettings, compute_targets, initial_image, new_state, stylize
 
 
 def small_problem(weights):
@@ -19,7 +19,7 @@ def small_problem(weights):
 
 
 def totals(net, targets, state, iterations):
-    rows = np.concatenate([p.losses[:, 0, 3] for p in stylize(net, targets, state, iterations)])
+    rows = np.concatenate([p.losses[:, 0, TOTAL] for p in stylize(net, targets, state, iterations)])
     return rows
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ablation import report
+from ablation.report.__main__ import main as report_main
 from tests.support import PROJECT, PYTHON, make_server, run_overrides, store_env
 
 #: launcher name -> extra Hydra arguments for ``python -m ablation.run -m``
@@ -80,7 +80,7 @@ def test_two_variant_sweep_against_a_real_server(server: str, tmp_path: Path, la
     # the report is built from the server, as on a cluster
     os.environ["MLFLOW_TRACKING_URI"] = server
     try:
-        assert report.main(["--out", str(tmp_path / "reports")]) == 0
+        assert report_main(["--out", str(tmp_path / "reports")]) == 0
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
     (folder,) = (tmp_path / "reports").iterdir()

@@ -5,9 +5,10 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 
 from ablation import schema
+from ablation.engine.errors import UserError
 from ablation.paths import CONF_DIR
 from ablation.run import one_line
-from ablation.spec import SpecError, from_config
+from ablation.spec import from_config
 
 CONF = str(CONF_DIR)
 
@@ -46,7 +47,7 @@ def test_defaults_are_upstreams():
     ],
 )
 def test_bad_values_are_named(override, message):
-    with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(")):
         from_config(config_for(**override))
 
 
@@ -54,6 +55,13 @@ def test_bad_values_are_named(override, message):
 def test_every_variant_file_composes_into_a_spec_named_after_it(variant):
     spec = from_config(config_for(variant))
     assert spec.variant == variant and spec.network.final_layer in ("relu5_1", "relu5_3", "relu5_4")
+
+
+def test_seeds_are_one_batch_on_a_gpu_and_one_after_another_on_a_cpu_unless_told():
+    spec = from_config(config_for(**{"run.seeds": "[0,1,2,3]"}))
+    assert spec.seed_batches("cuda") == [(0, 1, 2, 3)] and spec.seed_batches("cpu") == [(0,), (1,), (2,), (3,)]
+    batched = from_config(config_for(**{"run.seeds": "[0,1,2,3]", "run.batch_seeds": "true"}))
+    assert batched.seed_batches("cpu") == [(0, 1, 2, 3)]
 
 
 def test_readings_sweep_every_reading_and_its_references():

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ablation import fingerprint, report, sweep
+from ablation import fingerprint, sweep
 from ablation.engine import ENGINE_VERSION
+from ablation.report.__main__ import main as report_main
 from ablation.store.sweeps import PARENT_FILE
 from tests.support import TINY, job_records, run_sweep, store_env, sweep_command
 
@@ -180,7 +181,7 @@ def test_the_parent_run_shows_overrides_as_params_counts_as_metrics_and_no_job_t
 def test_report_of_the_repeated_sweep_has_every_variant_and_seed(resumed, monkeypatch):
     folder = resumed["folder"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
-    assert report.main(["--out", str(folder / "reports")]) == 0  # default: the latest sweep, the repeated one
+    assert report_main(["--out", str(folder / "reports")]) == 0  # default: the latest sweep, the repeated one
     (out,) = (folder / "reports").iterdir()
     assert out.name.startswith("table2-")
     text = (out / "report.md").read_text()

@@ -14,14 +14,12 @@ import torch
 
 from ablation.bench.contenders import BaselineLoop, EngineRunner, engine_name, held_tensors, time_interleaved
 from ablation.bench.flops import conv_plan, iteration_gflop
-from ablation.bench.probes import MemoryProbe, best_seconds, layer_limit_ms, tensors_mib
+from ablation.bench.probes import LIMIT_MIN_S, MemoryProbe, best_seconds, layer_limit_ms, tensors_mib
 from ablation.bench.settings import LAYOUTS, Settings
 from ablation.engine.backends import configure_backends
 from ablation.engine.network import layer_names
 from ablation.engine.prepare import Problem
-from ablation.engine.transfer import EngineOptions, loss_terms
-
-LIMIT_REPEATS = 3  # each kernel of the per-layer limit: best of 3
+from ablation.engine.transfer import TOTAL, EngineOptions, loss_terms
 
 
 @dataclass
@@ -79,7 +77,7 @@ def engine_contenders(problem: Problem, settings: Settings) -> list[Contender]:
     spec, (h, w) = problem.spec, problem.content.shape[-2:]
     gflop = iteration_gflop(conv_plan(spec.network.arch, spec.last_layer, h, w, True), spec.last_layer, False)
     style_layers = [n for n, wt in spec.loss.style_layer_weights().items() if wt and spec.loss.style_weight]
-    timer = partial(best_seconds, device=problem.device, repeats=LIMIT_REPEATS)
+    timer = partial(best_seconds, device=problem.device, min_s=LIMIT_MIN_S)
     calls = max(settings.warmup, 1) + settings.iters // settings.chunk
     contenders, limits_ms = [], {}
     for options in engine_options(settings):
@@ -119,7 +117,7 @@ def check_same_problem(problem: Problem, contenders: list[Contender]) -> float:
     configure_backends(options, problem.device)
     with torch.no_grad():
         start = problem.start_image([problem.spec.seed])
-        reference = float(loss_terms(problem.net, start, problem.targets, options)[0, 3])
+        reference = float(loss_terms(problem.net, start, problem.targets, options)[0, TOTAL])
     for c in contenders:
         compared = c.precision == "fp32" and (c.name != "tutorial" or (h % 16 == 0 and w % 16 == 0))
         if compared and not math.isclose(c.step0_total, reference, rel_tol=1e-4):

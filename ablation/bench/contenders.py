@@ -21,11 +21,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from ablation.bench.probes import sync
 from ablation.engine.backends import configure_backends, set_layout
+from ablation.engine.hardware import synchronize
 from ablation.engine.network import NetworkSpec, layer_names
 from ablation.engine.prepare import Problem
-from ablation.engine.transfer import EngineOptions, new_state, stylize
+from ablation.engine.transfer import TOTAL, EngineOptions, new_state, stylize
 from ablation.engine.weights import VGGWeights
 
 
@@ -52,11 +52,11 @@ class EngineRunner:
         iterations = chunk * calls + 1  # never reached: the final scoring forward is not part of a step
         self.steps = stylize(self.net, problem.targets, state, iterations, 1, chunk, options)
         first = next(self.steps)  # step 0's forward and backward: the generator is now between iterations
-        self.step0_total = float(first.losses[0, 0, 3])
+        self.step0_total = float(first.losses[0, 0, TOTAL])
 
     def __call__(self) -> float:
         configure_backends(self.options, self.device)
-        return float(next(self.steps).losses[-1, 0, 3])
+        return float(next(self.steps).losses[-1, 0, TOTAL])
 
 
 def baseline_features(network: NetworkSpec, last_read: str, weights: VGGWeights, strong: bool) -> nn.Sequential:
@@ -154,9 +154,9 @@ def time_interleaved(
     samples: dict[str, list[float]] = {name: [] for name in runners}
     for round_ in range(rounds):
         for name in list(runners) if round_ % 2 == 0 else list(reversed(runners)):
-            sync(device)
+            synchronize(device)
             start = time.perf_counter()
             runners[name]()
-            sync(device)
+            synchronize(device)
             samples[name].append(1000 * (time.perf_counter() - start) / chunk)
     return samples

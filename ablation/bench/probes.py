@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -17,43 +16,34 @@ import torchvision
 from torch import nn
 
 from ablation.engine.backends import configure_backends, native_bf16
+from ablation.engine.hardware import describe, synchronize, timed
 from ablation.engine.losses import gram
 from ablation.engine.network import LayerShape, VGGFeatures, layer_shapes
 from ablation.engine.transfer import EngineOptions
 
 Timer = Callable[[Callable[[], Any]], float]
+#: Seconds of timed blocks per single-kernel peak, and per kernel of the per-layer limit.
+PEAK_MIN_S, LIMIT_MIN_S = 0.5, 0.01
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def best_seconds(fn: Callable[[], Any], device: torch.device, min_s: float) -> float:
+    """Seconds per call of the fastest block of calls (:func:`ablation.engine.hardware.timed` for about
+    ``min_s``): a limit is what the machine can do."""
+    return min(timed(fn, device, min_s).times)
 
 
-def best_seconds(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    """Fastest of ``repeats`` timed calls after one untimed call (a limit is what the machine can do)."""
-    fn()
-    sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def matmul_peak_gflops(device: torch.device, n: int, repeats: int) -> float:
+def matmul_peak_gflops(device: torch.device, n: int) -> float:
     """GF/s of an n x n fp32 matmul (2 n^3 FLOPs), IEEE fp32 (no TF32)."""
     configure_backends(EngineOptions(precision="fp32"), device)
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    return 2 * n**3 / 1e9 / best_seconds(lambda: a @ b, device, repeats)
+    return 2 * n**3 / 1e9 / best_seconds(lambda: a @ b, device, PEAK_MIN_S)
 
 
 def _autocast(options: EngineOptions, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if options.precision == "bf16" else nullcontext()
 
 
-def conv_peak_gflops(device: torch.device, precision: str, channels: int, side: int, repeats: int) -> float:
+def conv_peak_gflops(device: torch.device, precision: str, channels: int, side: int) -> float:
     """GF/s of a 3x3 conv, C -> C channels on a side x side map (a VGG conv3_x at 256 px), forward only,
     the better of NCHW and NHWC. A batch of 8 on CUDA, which one map would leave partly idle. Emulated
     bf16 (no native support) only in NHWC: NCHW takes seconds per call there (7 s measured)."""
@@ -72,7 +62,7 @@ def conv_peak_gflops(device: torch.device, precision: str, channels: int, side: 
                 return F.conv2d(x, weight, padding=1)
 
         gflop = 2 * 9 * channels**2 * side**2 * batch / 1e9
-        best = max(best, gflop / best_seconds(conv, device, repeats))
+        best = max(best, gflop / best_seconds(conv, device, PEAK_MIN_S))
     return best
 
 
@@ -110,7 +100,7 @@ def layer_limit_ms(
     """ms of each kernel of one iteration timed alone at its own shape: every conv of ``net`` (forward and
     input gradient) and the Gram of each style layer (forward and backward). Their sum is the iteration's
     kernel limit on this machine: what the loop would take with no pooling, activations, losses, optimiser,
-    copies or launches. ``timer`` times one callable in seconds (``best_seconds`` with the bench's repeats)."""
+    copies or launches. ``timer`` times one callable in seconds (``best_seconds`` for :data:`LIMIT_MIN_S`)."""
     device = next(net.parameters()).device
     configure_backends(options, device)
     convs = {name: layer for name, layer in zip(net.names, net.layers, strict=True) if isinstance(layer, nn.Conv2d)}
@@ -152,7 +142,7 @@ class MemoryProbe:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        sync(device)
+        synchronize(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             self.start = torch.cuda.memory_allocated(device)
@@ -160,7 +150,7 @@ class MemoryProbe:
             self.start = _status_kib("VmRSS") * 1024 if _reset_cpu_peak() and _status_kib("VmRSS") else None
 
     def peak_mib(self) -> float | None:
-        sync(self.device)
+        synchronize(self.device)
         if self.device.type == "cuda":
             return (torch.cuda.max_memory_allocated(self.device) - self.start) / 2**20
         peak = _status_kib("VmHWM")
@@ -174,24 +164,16 @@ def tensors_mib(net: nn.Module, held: list[torch.Tensor]) -> float:
 
 
 def machine(device: torch.device) -> dict[str, Any]:
-    """What ran the bench: CPU model and capability (AVX2, AVX512...), cores, threads, versions, GPU, load."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").open() if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {
+    """What ran the bench: what a run records of its machine (``engine.hardware``: CPU model, usable cores,
+    threads, GPU, driver, hostname, hardware class), plus the CPU's capability (AVX2, AVX512...), versions, load."""
+    hardware = describe(device)
+    return {
         "device": str(device),
-        "cpu": cpu,
+        "hardware_class": hardware.hardware_class(),
+        **hardware.params(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "python": platform.python_version(),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
-    return info

@@ -13,7 +13,8 @@ CONTENDERS = (
     "NCHW. Engine: precision/layout. GFLOP: convolutions only (forward; input gradients up to the deepest layer "
     "read; weight gradients for the tutorial). Efficiency: achieved / the conv peak of that precision. Limit: "
     "the sum of this iteration's kernels timed alone at their own shapes (each conv's forward and input "
-    "gradient, each style layer's Gram forward and backward, best of 3, same precision and layout); of limit: "
+    "gradient, each style layer's Gram forward and backward, the fastest of torch's timed blocks of calls, same "
+    "precision and layout); of limit: "
     "limit / median. Step-0 loss: the start image's total (checked equal for every fp32 contender that solves "
     "the same problem; the tutorial's pools differ unless both sides are multiples of 16)."
 )
@@ -25,11 +26,12 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
 
 def _header(results: dict[str, Any], command: str) -> list[str]:
     m, s = results["machine"], results["settings"]
+    processor = m["gpu_name"] if m["device"].startswith("cuda") else m["cpu_model"]
     return [
         "# Benchmark: engine vs baselines vs the per-layer limit",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {m['device']}, {m.get('gpu', m['cpu'])} ({m['cpu_capability']}), {m['cpu_cores']} cores, "
+        f"Machine: {m['device']}, {processor} ({m['cpu_capability']}), {m['cpu_cores']} cores, "
         f"{m['torch_threads']} torch threads, torch {m['torch']}, load average {fmt(m['load_average_1m'], '.2f')} "
         f"at the start; default layout here (`run.channels_last=auto`): {results['default_layout']}  ",
         f"Weights: {', '.join(f'{a} {src}' for a, src in results['weights'].items())} "

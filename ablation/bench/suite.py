@@ -17,12 +17,13 @@ import torchvision
 from ablation.bench.breakdown import profile_ms
 from ablation.bench.cases import bench_case, engine_options
 from ablation.bench.contenders import EngineRunner, engine_name, time_interleaved
-from ablation.bench.probes import conv_peak_gflops, machine, matmul_peak_gflops, sync
+from ablation.bench.probes import conv_peak_gflops, machine, matmul_peak_gflops
 from ablation.bench.settings import BenchError, Settings
 from ablation.bench.targets import check_targets
 from ablation.engine.backends import configure_backends, native_bf16, prefers_channels_last, set_layout
+from ablation.engine.hardware import synchronize
 from ablation.engine.prepare import Problem, prepare
-from ablation.engine.transfer import EngineOptions, new_state, stylize
+from ablation.engine.transfer import TOTAL, EngineOptions, new_state, stylize
 from ablation.engine.weights import VGGWeights, load_weights
 from ablation.paths import CONF_DIR
 
@@ -67,9 +68,9 @@ class Problems:
 
 def measure_peaks(settings: Settings, device: torch.device) -> dict[str, Any]:
     """Single-kernel peaks: an fp32 matmul, and a 3x3 conv in every precision (bf16 always: is it worth it here?)."""
-    peaks = {"matmul_fp32": matmul_peak_gflops(device, settings.matmul_n, 5)}
+    peaks = {"matmul_fp32": matmul_peak_gflops(device, settings.matmul_n)}
     for precision in dict.fromkeys(["fp32", *settings.precisions, "bf16"]):
-        peaks[f"conv_{precision}"] = conv_peak_gflops(device, precision, 256, settings.conv_side, 5)
+        peaks[f"conv_{precision}"] = conv_peak_gflops(device, precision, 256, settings.conv_side)
     n, side, batch = settings.matmul_n, settings.conv_side, 8 if device.type == "cuda" else 1
     shapes = {"matmul": f"{n}x{n} @ {n}x{n} fp32", "conv": f"3x3, 256->256 ch, {batch}x{side}x{side}, forward"}
     return {"peaks_gflops": peaks, "peak_shapes": shapes}
@@ -81,7 +82,7 @@ def _engine_run(problem: Problem, options: EngineOptions, iterations: int, sync_
     net = set_layout(copy.deepcopy(problem.net), options)
     state = new_state(problem.start_image([0]), problem.spec.optim)
     for progress in stylize(net, problem.targets, state, iterations, 1, sync_every, options):
-        last = progress.losses[-1, 0, 3]
+        last = progress.losses[-1, 0, TOTAL]
     return float(last)
 
 
@@ -117,10 +118,10 @@ def full_runs(problem: Problem, settings: Settings) -> dict[str, Any]:
     seconds = {}
     for options in engine_options(settings):
         _engine_run(problem, options, 3, 3)
-        sync(problem.device)
+        synchronize(problem.device)
         start = time.perf_counter()
         _engine_run(problem, options, settings.full_run_iters, 50)
-        sync(problem.device)
+        synchronize(problem.device)
         seconds[engine_name(options)] = time.perf_counter() - start
     return {"iterations": settings.full_run_iters, "seconds": seconds, "best_s": min(seconds.values())}
 

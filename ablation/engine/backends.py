@@ -78,12 +78,6 @@ def set_layout(net: VGGFeatures, options: EngineOptions) -> VGGFeatures:
     return net.to(memory_format=layout)
 
 
-def uses_layout(net: VGGFeatures, layout: torch.memory_format) -> bool:
-    """Whether every conv weight of ``net`` is stored in ``layout``."""
-    convs = [m for m in net.layers if isinstance(m, torch.nn.Conv2d)]
-    return all(m.weight.is_contiguous(memory_format=layout) for m in convs)
-
-
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 convolutions run natively: on a CPU oneDNN needs AVX-512 BF16 or AMX (an AVX2-only
     CPU falls back to a reference kernel, measured 6x-170x slower than fp32), on CUDA compute 8.0+."""

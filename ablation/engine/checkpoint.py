@@ -6,7 +6,8 @@ random number generators' states. Resuming recomputes the losses of step ``state
 image and optimiser, which is exactly what the uninterrupted loop does next, so the final losses agree
 to float rounding (bit for bit on the CPU).
 
-No MLflow or Hydra here: :mod:`ablation.resume` finds checkpoints in the store, this module reads them.
+No MLflow or Hydra here: the harness finds a run's checkpoint in the store (by the run's fingerprint) and
+downloads it (:data:`CHECKPOINT_ARTIFACT`); this module writes and reads the file.
 """
 
 from __future__ import annotations

@@ -9,18 +9,23 @@ GFLOP/s is roughly constant for conv-bound work).
 
 from __future__ import annotations
 
-import math
+import logging
 import os
 import platform
 import re
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own convention
+
+if TYPE_CHECKING:
+    from torch.utils.benchmark import Measurement
 
 #: What a field holds when the machine has none (no GPU, a CPU-only torch build): MLflow params are strings.
 ABSENT = "none"
@@ -111,41 +116,48 @@ def describe(device: torch.device) -> Hardware:
     )
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+def synchronize(device: torch.device) -> None:
+    """Wait until ``device`` has run the kernels queued on it (a CPU runs them as they are called)."""
+    if device.type != "cpu":
+        torch.accelerator.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, min_s: float) -> Measurement:
+    """``fn`` timed by torch's ``Timer.blocked_autorange``: warm-up calls size a block of calls, then blocks run
+    until they took ``min_s`` in all. On this process's torch threads (Timer's default is one), the clock read
+    only after ``device`` has finished, so a block's time is the kernels' and not their launch."""
+
+    def clock() -> float:
+        synchronize(device)
+        return time.perf_counter()
+
+    # Imported here, quietly: its import loads cpp_extension, which warns on a machine with a CUDA toolkit and no GPU.
+    cpp_extension_log = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_extension_log.level
+    cpp_extension_log.setLevel(logging.ERROR)
+    try:
+        from torch.utils.benchmark import Timer
+    finally:
+        cpp_extension_log.setLevel(level)
+    timer = Timer("fn()", globals={"fn": fn}, timer=clock, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_s)
 
 
 def calibrate(device: torch.device, min_s: float = 0.5) -> float:
-    """GFLOP/s of one fixed fp32 workload (:data:`CALIBRATION_SHAPE`) on ``device``, timed for about ``min_s``.
+    """GFLOP/s of one fixed fp32 workload (:data:`CALIBRATION_SHAPE`) on ``device``, timed for about ``min_s``:
+    :data:`CALIBRATION_GFLOP` / the mean seconds per pass over the timed blocks (:func:`timed`).
 
-    After one warm-up pass, passes run in blocks of 1, 2, 4, ... (the last cut to what ``min_s`` still needs)
-    until all blocks together take ``min_s``; GFLOP/s = passes x :data:`CALIBRATION_GFLOP` / their time.
-    A GPU (tens of microseconds a pass) and a CPU (tens of milliseconds on two cores) both give a steady
-    figure in about ``min_s``; a GPU is synchronised only at the end of a block, so the growing blocks hide
-    the synchronisation. cuDNN runs IEEE fp32 with autotuning, whatever an earlier job in this process set
-    (every device does the same arithmetic; flags are restored). The inputs are constants: the global RNG,
-    which seeds the run, is left alone.
+    Blocks of passes amortise the synchronisation: a GPU (tens of microseconds a pass) and a CPU (tens of
+    milliseconds on two cores) both give a steady figure. cuDNN runs IEEE fp32 with autotuning, whatever an
+    earlier job in this process set (every device does the same arithmetic; flags are restored). The inputs are
+    constants: the global RNG, which seeds the run, is left alone.
     """
     cudnn = torch.backends.cudnn
     saved = cudnn.conv.fp32_precision, cudnn.benchmark
     cudnn.conv.fp32_precision, cudnn.benchmark = "ieee", True  # as a run at run.precision=fp32 has them
     try:
-        with torch.no_grad():
-            images = torch.full(CALIBRATION_SHAPE, 0.5, device=device)
-            weight = torch.full((128, 128, 3, 3), 0.01, device=device)
-            F.conv2d(images, weight, padding=1)
-            _synchronize(device)
-            block, passes, start = 1, 0, time.perf_counter()
-            while (elapsed_s := time.perf_counter() - start) < min_s:
-                for _ in range(block):
-                    F.conv2d(images, weight, padding=1)
-                _synchronize(device)
-                passes += block
-                seconds_per_pass = (time.perf_counter() - start) / passes
-                block = max(1, min(2 * block, math.ceil((min_s - passes * seconds_per_pass) / seconds_per_pass)))
-            return CALIBRATION_GFLOP * passes / elapsed_s
+        images = torch.full(CALIBRATION_SHAPE, 0.5, device=device)
+        weight = torch.full((128, 128, 3, 3), 0.01, device=device)
+        return CALIBRATION_GFLOP / timed(lambda: F.conv2d(images, weight, padding=1), device, min_s).mean
     finally:
         cudnn.conv.fp32_precision, cudnn.benchmark = saved

@@ -34,7 +34,7 @@ def cache_dir() -> Path:
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, read in chunks. Remembered per (path, size, mtime): a sweep run in one process
+    """SHA-256 of a file (``hashlib.file_digest``). Remembered per (path, size, mtime): a sweep run in one process
     would otherwise re-read the 548 MB weights file and every input image for each job and scale."""
     path = Path(path).resolve()
     stat = path.stat()
@@ -43,11 +43,8 @@ def file_sha256(path: str | Path) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _sha256_of(path: Path, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def resolve_image(name: str) -> Path:

@@ -28,7 +28,6 @@ from ablation.engine.weights import VGGWeights, load_weights
 
 #: The judge network: the report's original model.
 JUDGE_NETWORK = NetworkSpec(arch="vgg19", pooling="max", activation="relu", final_activation=None)
-JUDGE_METRICS = tuple(f"judge_{name}" for name in LOSS_NAMES) + ("ssim_content",)
 
 
 @dataclass

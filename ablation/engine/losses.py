@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-CONTENT_LAYERS = ("relu4_2", "relu5_2")
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
 

@@ -47,23 +47,18 @@ class Estimate:
         return self.pixel_bytes + self.fixed_bytes
 
 
-def layer_sizes(arch: str, last_layer: str, height: int, width: int) -> list[tuple[str, int]]:
-    """(layer name, elements per image) for every layer up to ``last_layer`` (the network's shape walk)."""
-    return [(layer.name, layer.elements) for layer in layer_shapes(arch, last_layer, height, width)]
-
-
 def transfer_bytes(
     arch: str, last_layer: str, pooling: str, content_hw: tuple[int, int], styles_hw: list[tuple[int, int]], batch: int
 ) -> Estimate:
     """The estimate in the module docstring, in bytes."""
-    sizes = layer_sizes(arch, last_layer, *content_hw)
-    elements = [n for _, n in sizes]
-    pools = sum(n for name, n in sizes if name.startswith("pool")) if pooling == "max" else 0
+    shapes = layer_shapes(arch, last_layer, *content_hw)
+    elements = [layer.elements for layer in shapes]
+    pools = sum(layer.elements for layer in shapes if layer.name.startswith("pool")) if pooling == "max" else 0
     image = 3 * content_hw[0] * content_hw[1]
     per_image = FLOAT_BYTES * (sum(elements) + 2 * max(elements) + 4 * image) + INDEX_BYTES * pools
     style_peak = 0
     for hw in styles_hw:
-        s = [n for _, n in layer_sizes(arch, last_layer, *hw)]
+        s = [layer.elements for layer in layer_shapes(arch, last_layer, *hw)]
         style_peak = max(style_peak, FLOAT_BYTES * max(a + b for a, b in zip(s, s[1:] + [0], strict=True)))
     weights = FLOAT_BYTES * sum(9 * i * o + o for _, i, o in conv_shapes(arch))
     grams = FLOAT_BYTES * sum(c * c for c in STAGE_CHANNELS) * max(1, len(styles_hw))
@@ -112,18 +107,24 @@ def planned_sizes(spec: RunSpec) -> tuple[tuple[int, int], list[tuple[int, int]]
     return (ch, cw), styles
 
 
-def check_fits(spec: RunSpec, device: torch.device, batch: int = 1) -> Estimate:
-    """Refuse a run whose estimate exceeds the free memory of ``device``, naming a width that fits."""
+def check_fits(spec: RunSpec, device: torch.device) -> Estimate:
+    """Refuse a run whose estimate exceeds the free memory of ``device`` (its largest batch of seeds at once),
+    naming a width that fits, and one seed after another when a single seed would fit."""
     content_hw, styles_hw = planned_sizes(spec)
-    estimate = transfer_bytes(spec.network.arch, spec.last_layer, spec.network.pooling, content_hw, styles_hw, batch)
+    batch = max(len(seeds) for seeds in spec.seed_batches(device.type))
+    network = spec.network.arch, spec.last_layer, spec.network.pooling
+    estimate = transfer_bytes(*network, content_hw, styles_hw, batch)
     free = available_bytes(device)
     if free is not None and estimate.total_bytes > free:
         width = content_hw[1]
         room = max(free - estimate.fixed_bytes, 0) / estimate.pixel_bytes  # memory grows with width squared
         fits = int(width * math.sqrt(room) * 0.9)
+        seeds = f" of {batch} batched seeds (run.seeds={list(spec.seeds)})" if batch > 1 else ""
+        one_by_one = batch > 1 and transfer_bytes(*network, content_hw, styles_hw, 1).total_bytes <= free
         raise MemoryEstimateError(
-            f"a {content_hw[1]}x{content_hw[0]} px transfer (images.width={spec.images.width}) needs about "
+            f"a {content_hw[1]}x{content_hw[0]} px transfer{seeds} (images.width={spec.images.width}) needs about "
             f"{estimate.total_bytes / 2**30:.1f} GiB on {device}, which has {free / 2**30:.1f} GiB free: "
-            f"use images.width={fits} or less (or run.memory_check=false to try anyway)"
+            + ("set run.batch_seeds=false (one seed after another) or " if one_by_one else "")
+            + f"use images.width={fits} or less (or run.memory_check=false to try anyway)"
         )
     return estimate

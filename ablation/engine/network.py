@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ablation.engine.errors import UserError
+
 #: Number of 3x3 convolutions in each of the five stages.
 ARCHITECTURES: dict[str, tuple[int, ...]] = {
     "vgg16": (2, 2, 3, 3, 3),
@@ -143,18 +145,23 @@ def deepest(arch: str, layers: Iterable[str]) -> str:
     return max(layers, key=order.__getitem__)
 
 
+def check_final_layer(spec: NetworkSpec) -> None:
+    """``variant.final_layer`` must be an activation of the variant's architecture; refused in one line."""
+    choices = activation_layers(spec.arch)
+    if spec.final_layer not in choices:
+        raise UserError(
+            f"variant.final_layer={spec.final_layer!r}: {spec.arch} has no such layer; "
+            f"choose one of {', '.join(choices)}"
+        )
+
+
 def final_activation_layer(spec: NetworkSpec, last_layer: str) -> str | None:
     """Where ``spec.final_activation`` goes in a network truncated after ``last_layer``; None when nowhere.
 
     A final layer deeper than ``last_layer`` is allowed (no loss reads it, so it cannot change a number) and
     logged as a warning, since a variant that asks for it is then the same as one without it.
     """
-    choices = activation_layers(spec.arch)
-    if spec.final_layer not in choices:
-        raise ValueError(
-            f"{spec.arch} has no layer {spec.final_layer!r} to put the final activation at: "
-            f"choose one of {', '.join(choices)}"
-        )
+    check_final_layer(spec)
     if spec.final_activation is None:
         return None
     if spec.final_layer not in layer_names(spec.arch)[: layer_names(spec.arch).index(last_layer) + 1]:

@@ -52,6 +52,16 @@ class RunSpec:
     match_style_colors: bool = False
     scales: tuple[int, ...] | None = None  # content widths, coarse to fine
     scale_iterations: tuple[int, ...] | None = None
+    batch_seeds: bool | None = None  # seeds as one batch; None: on a GPU yes, on a CPU one after another
+
+    def seed_batches(self, device_type: str) -> list[tuple[int, ...]]:
+        """The seeds as one batch, or one after another (network and targets built once either way).
+
+        ``batch_seeds=None`` batches on a GPU, which has idle compute to fill, and runs one seed after another on
+        a CPU, where the bench measured a batch of 4 seeds slower than 4 single seeds (no idle compute, more memory).
+        """
+        batched = device_type != "cpu" if self.batch_seeds is None else self.batch_seeds
+        return [self.seeds] if batched else [(seed,) for seed in self.seeds]
 
     def stages(self) -> list[tuple[int | None, int]]:
         """(content width, iterations) per scale: one stage at images.width unless run.scales is set."""

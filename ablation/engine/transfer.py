@@ -26,7 +26,10 @@ from ablation.engine.losses import (
 )
 from ablation.engine.network import VGGFeatures
 
+#: The loss columns, in the order of every loss table the loop yields ([..., len(LOSS_NAMES)]).
 LOSS_NAMES = ("content", "style", "tv", "total")
+#: The total's column: what the optimiser minimises and the best image is chosen by.
+TOTAL = LOSS_NAMES.index("total")
 NOISE_SCALE = 0.256  # upstream: tf.random_normal(shape) * 0.256, in pixel space
 
 
@@ -113,7 +116,7 @@ def compute_targets(
 def loss_terms(
     net: VGGFeatures, image: torch.Tensor, targets: Targets, options: EngineOptions = EngineOptions()
 ) -> torch.Tensor:
-    """[B, 4] float32: content, style, tv and total loss of each image in the batch."""
+    """[B, len(LOSS_NAMES)] float32: content, style, tv and total loss of each image in the batch."""
     w = targets.weights
     batch = image.shape[0]
     zero = image.new_zeros(batch)
@@ -131,7 +134,7 @@ def loss_terms(
         else zero
     )
     tv = tv_loss(image, w.tv_weight)
-    return torch.stack([content, style, tv, content + style + tv], dim=1)
+    return torch.stack([content, style, tv, content + style + tv], dim=1)  # LOSS_NAMES' order
 
 
 def initial_image(
@@ -195,8 +198,8 @@ def set_tf1_epsilon(optimizer: torch.optim.Optimizer, adam: AdamSettings, t: int
 
 @dataclass
 class Progress:
-    """Yielded at sync points. ``losses[i]`` [B, 4] belongs to step ``steps[i]``; ``state.image`` is the image
-    after ``step`` steps; ``done`` on a scale's last yield, when ``state.image`` is that scale's final image.
+    """Yielded at sync points. ``losses[i]`` [B, len(LOSS_NAMES)] belongs to step ``steps[i]``; ``state.image`` is
+    the image after ``step`` steps; ``done`` on a scale's last yield, when ``state.image`` is that scale's final image.
 
     Coarse to fine numbers steps on one axis: ``scale`` is the stage, ``step_offset`` its step 0's global step.
     """
@@ -234,7 +237,7 @@ def stylize(
     kept on the device with ``torch.where`` so no step waits for the host.
     """
     x, opt = state.image, state.optimizer
-    history = torch.zeros(iterations + 1, x.shape[0], 4, device=x.device)
+    history = torch.zeros(iterations + 1, x.shape[0], len(LOSS_NAMES), device=x.device)
     if state.best_total is None:
         state.best_total = torch.full((x.shape[0],), float("inf"), device=x.device)
         state.best_step = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
@@ -245,13 +248,13 @@ def stylize(
         last = step == iterations
         with torch.no_grad() if last else nullcontext():
             opt.zero_grad(set_to_none=True)
-            terms = terms_of(net, x, targets, options)  # [B, 4]: content, style, tv, total of the image now
+            terms = terms_of(net, x, targets, options)  # [B, len(LOSS_NAMES)]: the losses of the image now
             if not last:
-                terms[:, 3].sum().backward()
+                terms[:, TOTAL].sum().backward()
         history[step] = terms.detach()
         state.evaluations += 1
         if step % log_every == 0 or last:
-            keep_best(state, terms[:, 3].detach(), step)
+            keep_best(state, terms[:, TOTAL].detach(), step)
         state.step = step
         if last or step % sync_every == 0:
             rows = history[synced + 1 : step + 1].cpu().numpy()
@@ -284,13 +287,13 @@ def lbfgs_closure(
 ) -> Callable[[], torch.Tensor]:
     """L-BFGS's closure: the first call returns the loss whose gradient is already in ``state.image.grad``;
     only a line search asks again, and each such evaluation is counted."""
-    first = [terms[:, 3].sum().detach()]
+    first = [terms[:, TOTAL].sum().detach()]
 
     def closure() -> torch.Tensor:
         if first:
             return first.pop()
         state.optimizer.zero_grad(set_to_none=True)
-        total = loss_terms(net, state.image, targets, options)[:, 3].sum()
+        total = loss_terms(net, state.image, targets, options)[:, TOTAL].sum()
         total.backward()
         state.evaluations += 1
         return total.detach()

@@ -8,6 +8,7 @@ HTML and CSV, published to the sweep's parent run.
     evidence  stated magnitudes and seeds needed, laid out
     render    report.md (and html_page: report.html)              __main__  the command line; publishes to the parent
     variants  order and names of the variants                     formats   the report's number formats
+    quantities  runtime and the losses: own, judge and reported columns, labels
 
 ``python -m ablation.report --help`` for the command line.
 """
@@ -17,11 +18,4 @@ from __future__ import annotations
 from ablation.report.load import ReportError, load_sweep
 from ablation.report.render import write_report
 
-__all__ = ["ReportError", "load_sweep", "main", "write_report"]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The command line (``python -m ablation.report``), importable as ``ablation.report.main``."""
-    from ablation.report.__main__ import main as command_line  # noqa: PLC0415 - not at import: runpy runs it as __main__
-
-    return command_line(argv)
+__all__ = ["ReportError", "load_sweep", "write_report"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -66,7 +65,6 @@ def report_sweep(experiment: str, wanted: str | None, out_root: Path, publish: b
 def main(argv: list[str] | None = None) -> int:
     """Exit code 0 with the report written (and published); 2 with one line when there is no such sweep."""
     args = parser().parse_args(argv)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         path = report_sweep(args.experiment, args.sweep, args.out, not args.no_publish)
     except ReportError as err:

@@ -16,6 +16,7 @@ only between runs of one hardware class.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,17 +26,9 @@ from scipy import stats
 from ablation.paths import REPORTED_DIR
 from ablation.report.formats import finite, format_number, format_runtime, markdown_table
 from ablation.report.load import HARDWARE_TAG
+from ablation.report.quantities import QUANTITIES
 from ablation.report.variants import TABLE_TITLES, named, reported_table, table_variants
 
-#: quantity -> (own column in the runs frame, judge column or None, column of the reported tables)
-QUANTITIES = {
-    "runtime": ("runtime_s", None, "runtime_s"),
-    "content": ("final_content", "judge_content", "content_loss"),
-    "style": ("final_style", "judge_style", "style_loss"),
-    "tv": ("final_tv", "judge_tv", "tv_loss"),
-    "total": ("final_total", "judge_total", "total_loss"),
-}
-QUANTITY_WORDS = {"runtime": "runtime", "content": "content loss", "style": "style loss", "tv": "TV loss"}
 HOLDS, FAILS, INCONCLUSIVE = "holds", "fails", "inconclusive"
 ONE_SEED = "inconclusive (1 seed)"
 NO_JUDGE = "no judge (runtime)"  # not "n/a": pandas reads that back as NaN
@@ -78,25 +71,17 @@ def direction_verdict(ratio_low: float, ratio_high: float, relation: str) -> str
     return INCONCLUSIVE
 
 
-def welch_log_ratio(values: np.ndarray, versus: np.ndarray) -> tuple[float, float, float]:
-    """exp of the difference of mean logs and its 95% CI by Welch's t; both samples need 2 values or more."""
-    a, b = np.log(values), np.log(versus)
-    diff = a.mean() - b.mean()
-    var_a, var_b = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(var_a + var_b)
-    if se == 0.0:
-        return math.exp(diff), math.exp(diff), math.exp(diff)
-    dof = (var_a + var_b) ** 2 / (var_a**2 / (len(a) - 1) + var_b**2 / (len(b) - 1))
-    half = stats.t.ppf(0.5 + CONFIDENCE / 2, dof) * se
-    return math.exp(diff), math.exp(diff - half), math.exp(diff + half)
-
-
 def compare(values: np.ndarray, versus_values: np.ndarray, versus: str, relation: str) -> Comparison:
-    """One measured comparison; fewer than 2 values on either side gives the ratio of means and no verdict."""
+    """One measured comparison: the ratio of geometric means and its 95% CI (Welch's t on the logs, by scipy);
+    fewer than 2 values on either side gives the ratio of means and no verdict."""
     mean, versus_mean = float(np.mean(values)), float(np.mean(versus_values))
     if min(len(values), len(versus_values)) < 2:
         return Comparison(versus, mean, versus_mean, mean / versus_mean, float("nan"), float("nan"), ONE_SEED)
-    ratio, low, high = welch_log_ratio(values, versus_values)
+    logs, versus_logs = np.log(values), np.log(versus_values)
+    with warnings.catch_warnings():  # equal values on a side (a fixed runtime) warn of precision; the CI is right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        interval = stats.ttest_ind(logs, versus_logs, equal_var=False).confidence_interval(CONFIDENCE)
+    ratio, low, high = math.exp(logs.mean() - versus_logs.mean()), math.exp(interval.low), math.exp(interval.high)
     return Comparison(versus, mean, versus_mean, ratio, low, high, direction_verdict(low, high, relation))
 
 
@@ -115,7 +100,7 @@ def combine(comparisons: list[Comparison], relation: str) -> tuple[str, Comparis
 
 def reported_value(variant: str, quantity: str) -> float:
     """The report's figure for ``variant`` (from the first of its tables that has it); NaN if it has none."""
-    column = QUANTITIES[quantity][2]
+    column = QUANTITIES[quantity].reported
     for name in TABLE_TITLES:
         table = reported_table(name)
         if variant in table.index:
@@ -186,7 +171,7 @@ def claim_words(claim: pd.Series) -> str:
     else:
         versus = " and ".join(named(v) for v in words)
     stated = f" (text: {claim['stated_change_pct']:+.4g}%)" if finite(claim["stated_change_pct"]) else ""
-    quantity = QUANTITY_WORDS.get(claim["quantity"], f"{claim['quantity']} loss")
+    quantity = QUANTITIES[claim["quantity"]].label
     return f"{named(claim['variant'])}: {quantity} {claim['relation']} than {versus}{stated}"
 
 
@@ -208,9 +193,9 @@ def evaluate_claims(runs: pd.DataFrame) -> pd.DataFrame:
     """Every claim with its three verdicts and effects: the frame behind ``claims.csv``."""
     records = []
     for _, claim in load_claims().iterrows():
-        own_column, judge_column, _ = QUANTITIES[claim["quantity"]]
-        own_verdict, own, hardware = on_runs(claim, runs, own_column)
-        judge_verdict, judge, _ = on_runs(claim, runs, judge_column)
+        quantity = QUANTITIES[claim["quantity"]]
+        own_verdict, own, hardware = on_runs(claim, runs, quantity.own)
+        judge_verdict, judge, _ = on_runs(claim, runs, quantity.judge)
         records.append(
             {
                 **claim.to_dict(),

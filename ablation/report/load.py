@@ -13,14 +13,14 @@ from typing import Any
 import pandas as pd
 
 from ablation.engine.errors import UserError
+from ablation.report.quantities import JUDGE_METRICS, LOSSES, TOTAL_LOSS
 from ablation.report.variants import variant_order
 from ablation.store import reader, sweeps
 from ablation.store.connection import tracking_uri
 from ablation.store.outcome import status_of
 from ablation.store.reader import Run
 
-OWN_LOSSES = ["final_content", "final_style", "final_tv", "final_total"]
-JUDGE_METRICS = ["judge_content", "judge_style", "judge_tv", "judge_total", "ssim_content"]
+OWN_LOSSES = [q.own for q in LOSSES]
 METRICS = [*OWN_LOSSES, "total_s", "loop_s", "iter_ms", "peak_mem_mb", *JUDGE_METRICS, "calibration_gflops"]
 #: MLflow param -> column.
 PARAMS = {
@@ -122,18 +122,19 @@ def load_sweep(parent: Run) -> Sweep:
 
 def tuned_runs(experiment_id: str, iterations: str, content_size: str) -> pd.DataFrame:
     """Finished tuning trials (experiment=tune) at the sweep's iterations and content size, one row each."""
+    judged = TOTAL_LOSS.judge
     found = reader.search(
         experiment_id,
-        f"params.`tune.objective` = 'judge_total' and params.`run.iterations` = '{iterations}' "
+        f"params.`tune.objective` = '{judged}' and params.`run.iterations` = '{iterations}' "
         f"and params.content_size_wh = '{content_size}' and attributes.status = 'FINISHED'",
     )
     rows = [
         {
             "variant": r.data.tags.get("variant", ""),
             "run_id": r.info.run_id,
-            "judge_total": r.data.metrics.get("judge_total", float("nan")),
+            judged: r.data.metrics.get(judged, float("nan")),
             **{column: float(r.data.params[key]) for key, column in TUNED_PARAMS.items()},
         }
         for r in found
     ]
-    return pd.DataFrame(rows, columns=["variant", "run_id", "judge_total", *TUNED_PARAMS.values()])
+    return pd.DataFrame(rows, columns=["variant", "run_id", judged, *TUNED_PARAMS.values()])

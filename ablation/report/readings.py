@@ -9,6 +9,7 @@ import pandas as pd
 
 from ablation.paths import REPORTED_DIR
 from ablation.report.formats import markdown_table
+from ablation.report.quantities import LOSSES
 from ablation.report.variants import label, named, reported_table, reported_variants, variant_order
 
 WHY = (
@@ -23,13 +24,6 @@ WHY = (
     "reading stands out. With real weights a named reading is the likeliest; with random weights the section only "
     "shows the machinery. The other variants' distances stand as context, unranked."
 )
-#: (loss, measured column, reported column)
-LOSSES = [
-    ("content", "final_content", "content_loss"),
-    ("style", "final_style", "style_loss"),
-    ("tv", "final_tv", "tv_loss"),
-    ("total", "final_total", "total_loss"),
-]
 
 
 def has_readings(runs: pd.DataFrame) -> bool:
@@ -40,9 +34,9 @@ def has_readings(runs: pd.DataFrame) -> bool:
 
 def measured_patterns(runs: pd.DataFrame) -> pd.DataFrame:
     """Per measured variant but original: each loss's mean over seeds / original's mean (index: variant)."""
-    means = runs.groupby("variant")[[column for _, column, _ in LOSSES]].mean()
+    means = runs.groupby("variant")[[q.own for q in LOSSES]].mean()
     ratios = means.drop(index="original") / means.loc["original"]
-    ratios.columns = [loss for loss, _, _ in LOSSES]
+    ratios.columns = [q.name for q in LOSSES]
     return ratios.loc[variant_order(list(ratios.index))]
 
 
@@ -52,7 +46,7 @@ def reported_patterns() -> pd.DataFrame:
     for name in ("table1", "table2"):
         table = reported_table(name)
         for variant in table.index.drop("original"):
-            rows[variant] = {loss: table.loc[variant, col] / table.loc["original", col] for loss, _, col in LOSSES}
+            rows[variant] = {q.name: table.loc[variant, q.reported] / table.loc["original", q.reported] for q in LOSSES}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -103,9 +97,9 @@ def readings_section(runs: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     """The patterns (measured and reported), the distances, and the closest reading per variant of the report."""
     measured, reported = measured_patterns(runs), reported_patterns()
     table = distances(measured, reported)
-    ratio_rows = [[named(v), *(f"{measured.loc[v, loss]:.3g}" for loss, _, _ in LOSSES)] for v in measured.index]
+    ratio_rows = [[named(v), *(f"{measured.loc[v, q.name]:.3g}" for q in LOSSES)] for v in measured.index]
     ratio_rows += [
-        [f"{label(v)} (reported)", *(f"{reported.loc[v, loss]:.3g}" for loss, _, _ in LOSSES)] for v in reported.index
+        [f"{label(v)} (reported)", *(f"{reported.loc[v, q.name]:.3g}" for q in LOSSES)] for v in reported.index
     ]
     spread = seed_spreads(runs, reported)
     found = {r: standout(readings, table, spread, r) for r, readings in readings_of().items()}
@@ -118,7 +112,7 @@ def readings_section(runs: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     parts = [
         "Loss / original's loss (own networks, mean over seeds):",
         "",
-        markdown_table(["Variant", *(loss for loss, _, _ in LOSSES)], ratio_rows),
+        markdown_table(["Variant", *(q.name for q in LOSSES)], ratio_rows),
         "",
         "Distance to each of the report's patterns (RMS of log-ratio differences; bold: a reading of the report's "
         "ambiguous variant that stands out among its readings):",

@@ -19,23 +19,13 @@ from ablation.report.formats import (
     percent_change,
 )
 from ablation.report.load import HARDWARE_TAG, TUNED_PARAMS
+from ablation.report.quantities import LOSSES, RUNTIME, SSIM, TOTAL_LOSS, Quantity
 from ablation.report.variants import TABLE_TITLES, label, named, reported_table, table_variants, variant_order
 
-#: (row label, measured column in the runs frame, column in the reported CSV)
-PAPER_ROWS = [
-    ("Runtime", "runtime_s", "runtime_s"),
-    ("Content loss", "final_content", "content_loss"),
-    ("Style loss", "final_style", "style_loss"),
-    ("TV loss", "final_tv", "tv_loss"),
-    ("Total loss", "final_total", "total_loss"),
-]
-JUDGE_ROWS = [
-    ("Judge content loss", "judge_content"),
-    ("Judge style loss", "judge_style"),
-    ("Judge TV loss", "judge_tv"),
-    ("Judge total loss", "judge_total"),
-    ("SSIM(output, content)", "ssim_content"),
-]
+#: The rows of Tables 1 and 2: measured (the runs' own column) beside reported.
+PAPER_ROWS: tuple[Quantity, ...] = (RUNTIME, *LOSSES)
+#: (row label, column) of the judge's table.
+JUDGE_ROWS = [*((f"Judge {q.label}", q.judge) for q in LOSSES), (SSIM.label, SSIM.judge)]
 MIXED_RUNTIME_MARK = "†"
 MIXED_RUNTIME_NOTE = (
     f"{MIXED_RUNTIME_MARK} These runs ran on more than one hardware class: the runtime change compares different "
@@ -52,16 +42,16 @@ def paper_frame(runs: pd.DataFrame, name: str, variants: list[str]) -> pd.DataFr
     """The tidy numbers of the report's table ``name``: one record per (row, variant), measured beside reported."""
     reported = reported_table(name)
     records = []
-    for row_label, column, reported_column in PAPER_ROWS:
-        stats = summary_stats(runs, column)
+    for quantity in PAPER_ROWS:
+        stats = summary_stats(runs, quantity.own)
         original = stats.loc["original", "mean"] if "original" in stats.index else float("nan")
         for variant in variants:
             mean, std, count = stats.loc[variant, ["mean", "std", "count"]]
-            paper = float(reported.loc[variant, reported_column]) if variant in reported.index else float("nan")
+            paper = float(reported.loc[variant, quantity.reported]) if variant in reported.index else float("nan")
             records.append(
                 {
                     "table": name,
-                    "row": row_label,
+                    "row": quantity.title,
                     "variant": variant,
                     "measured_mean": float(mean),
                     "measured_std": float(std),
@@ -69,7 +59,7 @@ def paper_frame(runs: pd.DataFrame, name: str, variants: list[str]) -> pd.DataFr
                     "reported": paper,
                     "change_vs_original_pct": percent_change(float(mean), float(original)),
                     "reported_change_vs_original_pct": percent_change(
-                        paper, float(reported.loc["original", reported_column])
+                        paper, float(reported.loc["original", quantity.reported])
                     ),
                 }
             )
@@ -82,8 +72,8 @@ def paper_markdown(frame: pd.DataFrame, title: str, mixed_hardware: bool) -> str
     cell = {(r.row, r.variant): r for r in frame.itertuples()}
     header = [""] + [h for v in variants for h in (label(v), f"{label(v)} (reported)")]
     body = []
-    for row_label, *_ in PAPER_ROWS:
-        runtime = row_label == "Runtime"
+    for quantity in PAPER_ROWS:
+        row_label, runtime = quantity.title, quantity is RUNTIME
         line = [row_label]
         for v in variants:
             r = cell[(row_label, v)]
@@ -95,7 +85,7 @@ def paper_markdown(frame: pd.DataFrame, title: str, mixed_hardware: bool) -> str
     parts = [f"### {title}", "", markdown_table(header, body)]
     others = [v for v in variants if v != "original"]
     if others:
-        mark = {"Runtime": MIXED_RUNTIME_MARK} if mixed_hardware else {}
+        mark = {RUNTIME.title: MIXED_RUNTIME_MARK} if mixed_hardware else {}
         change_header = ["Change vs original"] + [h for v in others for h in (label(v), f"{label(v)} (reported)")]
         change_body = [
             [row_label + mark.get(row_label, "")]
@@ -107,7 +97,7 @@ def paper_markdown(frame: pd.DataFrame, title: str, mixed_hardware: bool) -> str
                     format_change(cell[(row_label, v)].reported_change_vs_original_pct),
                 )
             ]
-            for row_label, *_ in PAPER_ROWS
+            for row_label in (q.title for q in PAPER_ROWS)
         ]
         parts += ["", markdown_table(change_header, change_body)]
     if mixed_hardware and others:
@@ -154,7 +144,7 @@ def judge_table(runs: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     ]
     body.append(
         ["Judge total, change vs original"]
-        + [format_change(cell[("Judge total loss", v)]["change_vs_original_pct"]) for v in variants]
+        + [format_change(cell[(f"Judge {TOTAL_LOSS.label}", v)]["change_vs_original_pct"]) for v in variants]
     )
     return markdown_table([""] + [label(v) for v in variants], body), frame
 
@@ -163,7 +153,7 @@ def optimizer_table(runs: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     """Each variant under each optimiser: its own final total and the judge's total (mean ± std over seeds)."""
     variants = variant_order(list(runs["variant"].unique()))
     optimisers = sorted(runs["optim"].unique(), key=lambda o: (o != "adam", o))
-    columns = ("final_total", "judge_total", "runtime_s")
+    columns = (TOTAL_LOSS.own, TOTAL_LOSS.judge, RUNTIME.own)
     records = [
         {
             "variant": variant,
@@ -182,13 +172,9 @@ def optimizer_table(runs: pd.DataFrame) -> tuple[str, pd.DataFrame]:
         for o in optimisers:
             r = cell.get((v, o))
             line += (
-                ["—"] * 3
+                ["—"] * len(columns)
                 if r is None
-                else [
-                    format_cell(r["final_total_mean"], r["final_total_std"]),
-                    format_cell(r["judge_total_mean"], r["judge_total_std"]),
-                    format_cell(r["runtime_s_mean"], r["runtime_s_std"], runtime=True),
-                ]
+                else [format_cell(r[f"{c}_mean"], r[f"{c}_std"], runtime=c == RUNTIME.own) for c in columns]
             )
         body.append(line)
     return markdown_table(header, body), pd.DataFrame(records)

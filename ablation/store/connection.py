@@ -43,6 +43,8 @@ def client() -> MlflowClient:
 
 @functools.lru_cache(maxsize=8)
 def _client_for(uri: str) -> MlflowClient:
+    # MLflow draws a progress bar for every download, even of one small file: noise in a job's log
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return MlflowClient(tracking_uri=uri)
 
 

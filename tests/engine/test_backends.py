@@ -14,7 +14,6 @@ from ablation.engine.backends import (
     prefers_channels_last,
     resolve_options,
     set_layout,
-    uses_layout,
 )
 from ablation.engine.losses import LossWeights, gram
 from ablation.engine.network import NetworkSpec, VGGFeatures
@@ -65,7 +64,8 @@ def _tiny(options: EngineOptions):
 def test_channels_last_reaches_weights_and_activations():
     options = EngineOptions(channels_last=True)
     net, content, targets = _tiny(options)
-    assert uses_layout(net, torch.channels_last) and not uses_layout(net, torch.contiguous_format)
+    for conv in (m for m in net.layers if isinstance(m, torch.nn.Conv2d)):  # NHWC weights: no copy per call
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
     features = net(content.contiguous(memory_format=torch.channels_last), ["relu1_1", "relu3_1", "relu5_1"])
     for name, value in features.items():
         assert value.is_contiguous(memory_format=torch.channels_last), name

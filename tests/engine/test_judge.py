@@ -11,6 +11,7 @@ from ablation import schema
 from ablation.engine import judge
 from ablation.engine.prepare import prepare
 from ablation.job import execute
+from ablation.report.quantities import JUDGE_METRICS
 from ablation.spec import from_config
 from tests.support import DATA_DIR, PROJECT
 
@@ -37,7 +38,7 @@ def test_judge_of_an_original_run_equals_its_own_final_losses():
         assert results[f"judge_{name}"] == results[f"final_{name}"], name
     assert 0.0 < results["ssim_content"] < 1.0  # three steps from noise: far from the content photo
     logged = MlflowClient().get_run(results["run_id"]).data.metrics
-    assert {k: logged[k] for k in judge.JUDGE_METRICS} == {k: results[k] for k in judge.JUDGE_METRICS}
+    assert {k: logged[k] for k in JUDGE_METRICS} == {k: results[k] for k in JUDGE_METRICS}  # the report's names
 
 
 def test_judge_scores_a_vgg16_run_with_vgg19_on_the_same_inputs():
@@ -49,6 +50,7 @@ def test_judge_scores_a_vgg16_run_with_vgg19_on_the_same_inputs():
     assert referee.net.spec == judge.JUDGE_NETWORK and referee.net.last_layer == "relu5_1"
     # The content photo itself: zero content loss (relu4_2 features equal their target) and SSIM exactly 1.
     scores = judge.score(referee, problem.content, problem.pixels)
+    assert set(scores) == set(JUDGE_METRICS)  # the engine names its scores as the report reads them
     assert scores["judge_content"] == 0.0
     assert scores["ssim_content"] == pytest.approx(1.0, abs=1e-12)
     assert scores["judge_style"] > 0 and scores["judge_total"] == pytest.approx(

@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from ablation.engine.errors import UserError
 from ablation.engine.losses import LossWeights
 from ablation.engine.network import NetworkSpec, VGGFeatures, deepest, layer_names, layer_shapes
-from ablation.engine.transfer import compute_targets, initial_image, new_state, stylize
+from ablation.engine.transfer import TOTAL, compute_targets, initial_image, new_state, stylize
 from ablation.spec import from_config
 from tests.test_spec import config_for
 
@@ -82,7 +83,7 @@ def test_final_layer_deeper_than_any_read_changes_no_module_and_warns(vgg19_rand
 
 
 def test_final_layer_the_architecture_lacks_is_refused_naming_the_choices(vgg19_random):
-    with pytest.raises(ValueError, match=r"vgg16 has no layer 'relu5_4'.*choose one of relu1_1, .*, relu5_3$"):
+    with pytest.raises(UserError, match=r"='relu5_4': vgg16 has no such layer; choose one of relu1_1, .*, relu5_3$"):
         VGGFeatures(NetworkSpec(arch="vgg16", final_layer="relu5_4"), vgg19_random.convs, "relu5_1")
 
 
@@ -106,7 +107,7 @@ def test_tanh_at_the_last_relu_equals_no_tanh_exactly(reading, reference, vgg19_
     reading_losses, reference_losses = _losses(reading, weights), _losses(reference, weights)
     assert reading_losses.shape == (5, 1, 4)
     np.testing.assert_array_equal(reading_losses, reference_losses)
-    assert reading_losses[-1, 0, 3] < reading_losses[0, 0, 3]
+    assert reading_losses[-1, 0, TOTAL] < reading_losses[0, 0, TOTAL]
     assert not np.array_equal(_losses("tanh_final", vgg19_random)[1:], _losses("original", vgg19_random)[1:])
 
 

@@ -9,8 +9,8 @@ import re
 import pandas as pd
 import pytest
 
-from ablation import report
 from ablation.report import readings
+from ablation.report.__main__ import main as report_main
 from ablation.report.variants import reported_table
 from tests.report.store import FakeRun, build_store
 
@@ -46,7 +46,7 @@ def readings_report(tmp_path, store):
         for seed in (0, 1)
     ]
     build_store(tmp_path, runs, "readings-sweep", "experiment=readings")
-    assert report.main(["--out", str(tmp_path / "out"), "--no-publish"]) == 0
+    assert report_main(["--out", str(tmp_path / "out"), "--no-publish"]) == 0
     return tmp_path / "out" / "readings-sweep"
 
 
@@ -131,7 +131,7 @@ def mixed_report(tmp_path, store):
         hardware_run("vgg16_tanh", 1, 42.0, "cpu:EPYC x2", 20.0, "finished"),
     ]
     build_store(tmp_path, runs, "mixed-sweep", "experiment=all")
-    assert report.main(["--out", str(tmp_path / "out"), "--no-publish"]) == 0
+    assert report_main(["--out", str(tmp_path / "out"), "--no-publish"]) == 0
     return tmp_path / "out" / "mixed-sweep"
 
 

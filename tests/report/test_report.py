@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ablation import report
+from ablation.report.__main__ import main as report_main
 from ablation.report.formats import format_cell, format_number, format_runtime, percent_change
 from tests.report.store import FakeRun, build_store
 
@@ -41,8 +41,8 @@ def written(tmp_path_factory):
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
     try:
         ids, parent_id = build_golden_store(folder)
-        assert report.main(["--out", str(folder / "a")]) == 0
-        assert report.main(["--sweep", parent_id, "--out", str(folder / "b")]) == 0
+        assert report_main(["--out", str(folder / "a")]) == 0
+        assert report_main(["--sweep", parent_id, "--out", str(folder / "b")]) == 0
     finally:
         if old is None:
             os.environ.pop("MLFLOW_TRACKING_URI")
@@ -105,7 +105,7 @@ def test_formats_follow_the_report():
 def test_unknown_sweep_is_one_clear_error(written, capsys, monkeypatch):
     folder, _ = written
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
-    assert report.main(["--sweep", "nope", "--out", str(folder / "c")]) == 2
+    assert report_main(["--sweep", "nope", "--out", str(folder / "c")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--sweep 'nope' is not a sweep" in err[0] and "golden-sweep" in err[0]
 
@@ -146,7 +146,7 @@ def test_report_is_published_to_the_sweeps_parent_run(written):
 
 def test_help_says_what_the_report_holds_and_where_it_goes(capsys):
     with pytest.raises(SystemExit) as done:
-        report.main(["--help"])
+        report_main(["--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
     assert "Does the report hold?" in text and "report.html" in text and "--no-publish" in text

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ablation import report
+from ablation.report.__main__ import main as report_main
 from tests.support import run_sweep, store_env
 
 
@@ -16,7 +16,7 @@ def test_tuning_and_optimizer_sections(tmp_path, monkeypatch):
     assert swept.returncode == 0, swept.stderr[-2000:]
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store_env(tmp_path)["MLFLOW_TRACKING_URI"])
-    assert report.main(["--out", str(tmp_path / "reports")]) == 0
+    assert report_main(["--out", str(tmp_path / "reports")]) == 0
     (folder,) = (tmp_path / "reports").iterdir()
     text = (folder / "report.md").read_text()
     assert "## Optimisers" in text and "## Each variant at its best loss weights" in text
