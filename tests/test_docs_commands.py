@@ -21,7 +21,7 @@ from hydra.core.override_parser.types import Override, ValueType
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from ablation import spec
+from ablation import schema, spec
 from ablation.engine.errors import UserError
 from ablation.paths import CONF_DIR
 from tests.support import PROJECT
@@ -144,7 +144,7 @@ def plan(overrides: list[str], axes_of_config: dict[str, str]) -> tuple[tuple[st
 def check_job(overrides: tuple[str, ...]) -> dict[str, str]:
     """Compose one job with Hydra and the schema, check it with spec; the sweeper's axes of its config."""
     config, hydra = composed(list(overrides))
-    spec.from_config(config)
+    spec.from_config(schema.plain(config))
     return dict(hydra.sweeper.get("params") or {})
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ablation.report import claims, evidence, stats
 from ablation.report.formats import finite, markdown_table
+from ablation.report.quantities import QUANTITIES
 from ablation.schema import RESULT_NEUTRAL_KEYS
 
 BASES = evidence.BASES
@@ -69,8 +70,8 @@ def condition_settings(runs: pd.DataFrame, params: dict[str, dict[str, str]]) ->
 
 def basis_columns(quantity: str) -> tuple[str | None, str | None]:
     """The runs frame's columns of a claim's quantity: its own measure and the judge's (None for runtime)."""
-    own, judge, _ = claims.QUANTITIES[quantity]
-    return own, judge
+    found = QUANTITIES[quantity]
+    return found.own, found.judge
 
 
 def comparison_records(runs: pd.DataFrame, condition: str) -> list[dict[str, Any]]:

@@ -66,10 +66,10 @@ def readings_of() -> dict[str, list[str]]:
 def seed_spreads(runs: pd.DataFrame, reported: pd.DataFrame) -> pd.DataFrame:
     """Sample std over seeds (NaN for one seed) of each measured variant's distance to each reported pattern, a
     seed's pattern being its losses over ``original``'s means (rows: variants but original; columns: the report's)."""
-    columns = [column for _, column, _ in LOSSES]
+    columns = [q.own for q in LOSSES]
     original = runs.loc[runs["variant"] == "original", columns].mean().to_numpy(float)
     others = runs[runs["variant"] != "original"]
-    per_seed = pd.DataFrame(others[columns].to_numpy(float) / original, columns=[loss for loss, _, _ in LOSSES])
+    per_seed = pd.DataFrame(others[columns].to_numpy(float) / original, columns=[q.name for q in LOSSES])
     table = distances(per_seed, reported)
     table.index = others["variant"].to_numpy()
     return table.groupby(level=0).std(ddof=1)

@@ -98,7 +98,7 @@ def test_a_near_tie_names_no_reading(tmp_path, store):
         for seed in (0, 1, 2)
     ]
     build_store(tmp_path, runs, "tie-sweep", "experiment=readings")
-    assert report.main(["--out", str(tmp_path / "out"), "--no-publish"]) == 0
+    assert report_main(["--out", str(tmp_path / "out"), "--no-publish"]) == 0
     text = (tmp_path / "out" / "tie-sweep" / "report.md").read_text()
     tie = re.search(r"- the report's VGG16 \+ tanh \(`vgg16_tanh`\): no reading stands out \(gap ([\d.]+), within the "
                     r"seeds' spread ([\d.]+)\)", text)  # fmt: skip
