@@ -91,7 +91,8 @@ def returned_outcome(value: Any) -> dict[str, Any]:
 
 def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
     """Each job's overrides as Hydra's basic sweeper expands them (its axes, then the command line's, as a
-    product); None under another sweeper (Optuna's trials are drawn one by one, not listed)."""
+    product: the sweeper's own ``split_arguments``, from Hydra's internal module); None under another sweeper
+    (Optuna's trials are drawn one by one, not listed)."""
     target = str(OmegaConf.select(config, "hydra.sweeper._target_") or "")
     if target.rsplit(".", 1)[-1] != BasicSweeper.__name__:
         return None

@@ -118,10 +118,28 @@ def adjust(records: list[dict[str, Any]]) -> None:
                 record["verdict_adjusted"] = claims.direction_verdict(found.ratio, found.ratio, record["relation"])
 
 
+def deciding(group: list[dict[str, Any]], relation: str) -> tuple[dict[str, Any] | None, int | None]:
+    """The comparison still open after the adjustment that would settle the claim, and its seeds (None: no effect
+    measured). One pointing against the claim decides it alone (fails), so the one needing fewest seeds of those;
+    else the claim holds only when every open one does, so the one needing most."""
+    open_ones = [r for r in group if r["verdict_adjusted"] == claims.INCONCLUSIVE and finite(r["p_value"])]
+    if not open_ones:
+        return None, None
+    ratio = {id(r): r["comparison"].ratio for r in open_ones}
+    against = [r for r in open_ones if claims.direction_verdict(ratio[id(r)], ratio[id(r)], relation) == claims.FAILS]
+    if against:
+        measured = [r for r in against if r["seeds_needed"] is not None]
+        found = min(measured, key=lambda r: r["seeds_needed"]) if measured else against[0]
+        return found, found["seeds_needed"]
+    unmeasured = [r for r in open_ones if r["seeds_needed"] is None]
+    found = unmeasured[0] if unmeasured else max(open_ones, key=lambda r: r["seeds_needed"])
+    return found, found["seeds_needed"]
+
+
 def claim_record(group: list[dict[str, Any]]) -> dict[str, Any]:
     """One claim in one condition on one basis: its comparisons combined (a claim against several variants holds
     when each comparison does), headline (adjusted) and unadjusted, the binding comparison, the weakest p-values
-    and the seeds that would decide every comparison still open (None: no effect measured in one of them)."""
+    and, when inconclusive, the comparison that would settle it with its seeds (:func:`deciding`)."""
     first = group[0]
     key = {k: first[k] for k in ("condition", "id", "basis")}
     if "comparison" not in first:
@@ -129,8 +147,8 @@ def claim_record(group: list[dict[str, Any]]) -> dict[str, Any]:
     relation = first["relation"]
     unadjusted, binding = claims.combine([r["comparison"] for r in group], relation)
     adjusted, _ = claims.combine([replace(r["comparison"], verdict=r["verdict_adjusted"]) for r in group], relation)
-    needed = [r["seeds_needed"] for r in group if r["verdict_adjusted"] == claims.INCONCLUSIVE and finite(r["p_value"])]
-    still_open = adjusted == claims.INCONCLUSIVE and bool(needed)
+    settling, needed = deciding(group, relation) if adjusted == claims.INCONCLUSIVE else (None, None)
+    fields = ("versus", "ratio", "ci_low", "ci_high")
     return {
         **key,
         "verdict": adjusted,
@@ -139,8 +157,9 @@ def claim_record(group: list[dict[str, Any]]) -> dict[str, Any]:
         "p_value": max(r["p_value"] for r in group),
         "p_adjusted": max(r["p_adjusted"] for r in group),
         "seeds_now": min(r["seeds_now"] for r in group),
-        "seeds_needed": max(needed) if still_open and None not in needed else None,
-        "no_effect": still_open and None in needed,
+        "seeds_needed": needed,
+        "no_effect": settling is not None and needed is None,
+        **({f"seeds_{k}": getattr(settling["comparison"], k) for k in fields} if settling is not None else {}),
     }
 
 
@@ -167,6 +186,8 @@ def evaluate_conditions(runs: pd.DataFrame, settings: pd.DataFrame) -> pd.DataFr
         rows.append(row)
     order = {c: i for i, c in enumerate(table.index)}
     frame = pd.DataFrame(rows)
+    settings_columns = [c for c in frame.columns if c.startswith("setting.")]
+    frame = frame[[c for c in frame.columns if c not in settings_columns] + settings_columns]  # what ran, last
     return frame.sort_values("id", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
 
 
@@ -219,9 +240,15 @@ def cell(rows: pd.DataFrame) -> str:
     return " / ".join(parts)
 
 
+def measured_verdicts(rows: pd.DataFrame, basis: str) -> pd.Series:
+    """Condition -> headline verdict of one basis, where the claim was measured (not "not measured", no judge)."""
+    mine = rows[rows["basis"] == basis].set_index("condition")["verdict"]
+    return mine[~mine.str.startswith(("not measured", claims.NO_JUDGE))]
+
+
 def same_everywhere(rows: pd.DataFrame) -> str:
     """'yes', or which basis changes its headline verdict between conditions: 'no (own)', 'no (judge)', 'no (both)'."""
-    changed = [b for b in BASES if rows.loc[rows["basis"] == b, "verdict"].nunique() > 1]
+    changed = [b for b in BASES if measured_verdicts(rows, b).nunique() > 1]
     return "yes" if not changed else f"no ({'both' if len(changed) == 2 else changed[0]})"
 
 
@@ -247,8 +274,7 @@ def matrix_markdown(frame: pd.DataFrame, settings: pd.DataFrame) -> tuple[str, l
         body.append([str(number), rows["claim"].iloc[0]])
         body[-1] += [cell(rows[rows["condition"] == c]) for c in conditions] + [same_everywhere(rows)]
         for basis, words in BASES.items():
-            mine = rows[rows["basis"] == basis].set_index("condition")["verdict"]
-            measured = mine[~mine.str.startswith(("not measured", claims.NO_JUDGE))]
+            measured = measured_verdicts(rows, basis)
             if measured.nunique() > 1:
                 sentences.append(f"- {number}. `{claim_id}`, {words}: {flip_sentence(measured, settings)}.")
     return markdown_table(header, body, numeric=False), sentences

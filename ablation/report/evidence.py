@@ -60,7 +60,7 @@ def seeds_markdown(frame: pd.DataFrame) -> str:
     """Each headline-inconclusive claim measured with 2 seeds or more: how many seeds per variant would decide it."""
     body = []
     for row in frame[frame["verdict"] == claims.INCONCLUSIVE].to_dict("records"):
-        if not finite(row.get("p_value", math.nan)):
+        if not isinstance(row.get("seeds_versus"), str):  # nothing measured with 2 seeds or more
             continue
         needed = row["seeds_needed"]
         if row["no_effect"]:
@@ -69,8 +69,8 @@ def seeds_markdown(frame: pd.DataFrame) -> str:
             decide = f"more than {stats.MAX_SEEDS} seeds"
         else:
             decide = f"~{needed:.0f} seeds would decide"
-        effect = f"×{claims.format_ratio(row['ratio'])} [{claims.format_ratio(row['ci_low'])}, "
-        effect += f"{claims.format_ratio(row['ci_high'])}] vs `{row['versus']}`"
+        effect = f"×{claims.format_ratio(row['seeds_ratio'])} [{claims.format_ratio(row['seeds_ci_low'])}, "
+        effect += f"{claims.format_ratio(row['seeds_ci_high'])}] vs `{row['seeds_versus']}`"
         body.append([f"`{row['id']}`", f"`{row['condition']}`", BASES[row["basis"]], effect,
                      f"{row['seeds_now']:.0f}", decide])  # fmt: skip
     header = ["Claim", "Condition", "Basis", "Measured (95% CI)", "Seeds now", "Seeds per variant to decide"]
@@ -86,5 +86,6 @@ SEEDS_WHY = (
     "For each inconclusive headline verdict: the seeds per variant at which, with the measured effect and spreads "
     "held, the interval would exclude a ratio of 1 at the level the adjustment asks of it (0.05 / the number of "
     "comparisons, Bonferroni's, which Holm's never falls below). \"No effect measured\" when the effect is smaller "
-    "than its own standard error: more seeds would only measure noise. Several comparisons: the most any needs."
+    "than its own standard error: more seeds would only measure noise. Against several variants, the comparison "
+    "that would settle the claim: one pointing against it fails it alone, else every one must hold."
 )

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from ablation.report import claims, evidence, stats
+from ablation.report import claims, conditions, evidence, stats
 from ablation.report.__main__ import main as report_main
 from tests.report.store import FakeRun, build_store
 
@@ -182,3 +182,20 @@ def test_stated_magnitudes_on_the_reports_own_numbers_claim_by_claim():
         assert found["reported_change_pct"] == pytest.approx(change), claim_id
         assert found["reported_agrees"] == agrees, claim_id
     assert OWN_NUMBERS["leaky_relu_content"][0] == pytest.approx(91.578, abs=1e-3)
+
+
+def open_comparison(versus: str, ratio: float, seeds: int | None) -> dict:
+    found = claims.Comparison(versus, 1.0, 1.0, ratio, ratio * 0.9, ratio * 1.1, claims.INCONCLUSIVE)
+    return {"comparison": found, "verdict_adjusted": claims.INCONCLUSIVE, "p_value": 0.2, "seeds_needed": seeds}
+
+
+def test_a_claim_against_several_variants_is_settled_by_the_right_comparison():
+    """ "Lower than every other": one comparison pointing against the claim fails it alone (the fewest seeds of
+    those); when all point its way, it holds only once every one does (the most seeds)."""
+    group = [open_comparison("a", 0.8, 20), open_comparison("b", 1.1, 9), open_comparison("c", 1.2, 6)]
+    found, seeds = conditions.deciding(group, "lower")
+    assert (found["comparison"].versus, seeds) == ("c", 6)
+    found, seeds = conditions.deciding([open_comparison("a", 0.8, 20), open_comparison("b", 0.9, 30)], "lower")
+    assert (found["comparison"].versus, seeds) == ("b", 30)
+    found, seeds = conditions.deciding([open_comparison("a", 0.8, 20), open_comparison("b", 0.99, None)], "lower")
+    assert (found["comparison"].versus, seeds) == ("b", None)  # no effect measured in one: it cannot hold soon
