@@ -10,6 +10,9 @@ parallel jobs crashes on schema creation, and concurrent ``set_experiment`` file
 Jobs find the parent through a small file in the sweep folder, which every launcher shares. Each job
 records its outcome on the parent (:mod:`ablation.store.sweeps`), whether it ran, was skipped or failed;
 the report reads the sweep's runs from those records.
+
+Before the first job it prints what the sweep will cost (:func:`estimate`: the job list as Hydra's basic sweeper
+expands it, the jobs already answered by a FINISHED run, the time of the rest here) and at its end what it took.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -104,17 +108,12 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
     ]
 
 
-def job_composer(config: DictConfig):
-    """A function composing one job's config from its overrides, as the sweeper will (a plain dict, no ``hydra``)."""
-    loader = GlobalHydra.instance().config_loader()
-
-    def compose(overrides: list[str]) -> dict[str, Any]:
-        composed = loader.load_sweep_config(config, list(overrides))
-        with open_dict(composed):
-            del composed["hydra"]
-        return schema.plain(composed)
-
-    return compose
+def compose_job(loader: Any, config: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """One job's config from its overrides as Hydra's ``loader`` composes it for the sweeper (plain, no ``hydra``)."""
+    composed = loader.load_sweep_config(config, list(overrides))
+    with open_dict(composed):
+        del composed["hydra"]
+    return schema.plain(composed)
 
 
 def estimate(config: DictConfig, experiment_id: str) -> SweepEstimate | None:
@@ -124,7 +123,8 @@ def estimate(config: DictConfig, experiment_id: str) -> SweepEstimate | None:
     if jobs is None:
         return None
     try:
-        found = estimate_sweep(jobs, job_composer(config), experiment_id)
+        compose = partial(compose_job, GlobalHydra.instance().config_loader(), config)
+        found = estimate_sweep(jobs, compose, experiment_id)
     except UserError as err:  # the job will say it again, in its own record
         print(f"sweep estimate: none ({err})", file=sys.stderr)
         return None
