@@ -5,12 +5,14 @@ PY := $(VENV)/bin/python
 # The report's pair: read from ../shared/data when it exists (CI, this workspace), else downloaded.
 export ABLATION_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 DEMO_ARGS ?=
-# make sweep: EXPERIMENT=table1|table2|all|readings, SIZE=content width px, ITER=iterations, SEEDS=0,1,2,
-# WEIGHTS=torchvision|random|..., LAUNCHER=basic|joblib|slurm (N_JOBS for joblib), SWEEP_ARGS=more overrides
+# make sweep: EXPERIMENT=table1|table2|all|readings|optimizers|conditions, SIZE=content width px, ITER=iterations,
+# SEEDS=0,1,2, WEIGHTS=torchvision|random|..., CONDITIONS=base,style5000 (files of conf/condition/),
+# LAUNCHER=basic|joblib|slurm (N_JOBS for joblib), SWEEP_ARGS=more overrides. It prints its cost before it starts.
 EXPERIMENT ?= all
 SIZE ?=
 ITER ?=
 SEEDS ?=
+CONDITIONS ?=
 WEIGHTS ?=
 LAUNCHER ?= basic
 N_JOBS ?= 2
@@ -46,7 +48,8 @@ test-fast: install  ## the tests that start no process (no sweep, server, make o
 sweep: install  ## the experiment's variants x seeds; jobs with a FINISHED run of the same fingerprint are skipped
 	$(PY) -m ablation.run -m experiment=$(EXPERIMENT) hydra/launcher=$(LAUNCHER) \
 		$(if $(SIZE),images.width=$(SIZE)) $(if $(ITER),run.iterations=$(ITER)) $(if $(SEEDS),run.seed=$(SEEDS)) \
-		$(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(filter joblib,$(LAUNCHER)),hydra.launcher.n_jobs=$(N_JOBS)) $(SWEEP_ARGS)
+		$(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(CONDITIONS),condition=$(CONDITIONS)) \
+		$(if $(filter joblib,$(LAUNCHER)),hydra.launcher.n_jobs=$(N_JOBS)) $(SWEEP_ARGS)
 
 # make tune: one Optuna study per variant (VARIANTS=original,vgg16 ...; default every file of conf/variant), TRIALS each;
 # STUDY_STORAGE=sqlite:///$(CURDIR)/runs/optuna.db or postgresql://USER@HOST:5432/optuna keeps the studies, so a

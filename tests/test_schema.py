@@ -19,7 +19,7 @@ from ablation.store.runlog import flatten
 from tests.support import composed, config_and_hydra, config_for
 
 GROUP_FILES = {group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) for group in ("variant", "optim",
-               "weights", "images", "experiment")}  # fmt: skip
+               "weights", "images", "experiment", "condition")}  # fmt: skip
 NEEDS_PATH = {"matconvnet", "file"}
 
 
