@@ -22,13 +22,13 @@ from ablation.engine import hardware, judge
 from ablation.engine.inputs import file_sha256, resolve_image
 from ablation.engine.memory import check_fits
 from ablation.engine.plan import RunSpec
-from ablation.engine.prepare import Problem, pick_device, prepare
+from ablation.engine.prepare import Problem, check_input_sizes, pick_device, prepare
 from ablation.engine.scales import Stage, coarse_to_fine
 from ablation.engine.weights import VGGWeights, load_weights
 from ablation.record import Scorer
 from ablation.spec import SpecError, from_config, seed_config
 from ablation.stopping import StopRequest
-from ablation.store import connection, lookup
+from ablation.store import connection, lookup, tolerance
 from ablation.store.outcome import Outcome, outcome_record
 from ablation.store.sweeps import SweepJob
 
@@ -82,12 +82,17 @@ def seed_fingerprints(config: dict[str, Any], spec: RunSpec, weights_sha256: str
 
 
 def plan(config: dict[str, Any], sweep: SweepJob | None) -> Job:
-    """Validate, check memory and the store, load the weights: every refusal comes before any run is made."""
+    """Validate, check memory and the store, load the weights: every refusal comes before any run is made.
+
+    A sweep's job waits for a server that is away (its launcher reached it) within ``run.tracking_outage_s``;
+    a single run's first contact fails in seconds (a mistyped address, a server not started)."""
     spec = from_config(config)
     device = pick_device(spec.device)
+    check_input_sizes(spec)
     if config["run"]["memory_check"]:
         check_fits(spec, device)
-    experiment_id = connection.open_store(config["tracking"]["experiment"])
+    tolerance.configure(config["run"]["tracking_outage_s"], config["tracking"]["unsent_dir"])
+    experiment_id = connection.open_store(config["tracking"]["experiment"], patient=sweep is not None)
     torch.manual_seed(spec.seed)
     weights = load_weights(spec.weights.source, spec.network.arch, **spec.weights.options)
     keys = seed_fingerprints(config, spec, weights.sha256, device.type)

@@ -43,8 +43,9 @@ from ablation.engine.prepare import Problem
 from ablation.engine.transfer import LOSS_NAMES, DivergenceError, Progress, TransferState
 from ablation.spec import seed_config
 from ablation.stopping import Interrupted, StopRequest, stop_on_signals
-from ablation.store import connection, lookup
+from ablation.store import connection, lookup, outbox, tolerance
 from ablation.store.runlog import RunLog, flatten
+from ablation.store.tolerance import TrackingLost
 
 if TYPE_CHECKING:
     from ablation.job import Job, Machine
@@ -147,25 +148,40 @@ def reopen_run(job: Job, run_id: str, machine: Machine) -> tuple[RunLog, Transfe
     return run, state, history
 
 
+#: How long a run stopped by a signal waits for the store before keeping its last records on disk: SLURM sends
+#: SIGKILL ``KillWait`` (30 s) after SIGTERM, and a requeue should not wait for an absent server.
+SIGNAL_WAIT_S = 10.0
+
+
 def end_failed(runs: list[RunLog], err: BaseException) -> None:
-    """KILLED after a stop request (or a second signal), FAILED with ``diverged_step`` or the error otherwise."""
+    """KILLED after a stop request (or a second signal) or a lost server, FAILED with ``diverged_step`` or the
+    error otherwise."""
     for run in runs:
         if isinstance(err, Interrupted):
-            run.end("KILLED", str(err))
+            kept = run.end("KILLED", str(err), wait_s=SIGNAL_WAIT_S)
         elif isinstance(err, KeyboardInterrupt):
-            run.end("KILLED", "interrupted twice: no checkpoint at this step (an earlier periodic one may exist)")
+            kept = run.end(
+                "KILLED", "interrupted twice: no checkpoint at this step (an earlier periodic one may exist)",
+                wait_s=SIGNAL_WAIT_S,
+            )  # fmt: skip
+        elif isinstance(err, TrackingLost):
+            kept = run.end("KILLED", str(err))
         elif isinstance(err, DivergenceError):
             run.metrics({"diverged_step": err.step}, step=err.step)
             run.tags({"diverged": err.step})
-            run.end("FAILED", str(err))
+            kept = run.end("FAILED", str(err))
         else:
-            run.end("FAILED", f"{type(err).__name__}: {err}")
+            kept = run.end("FAILED", f"{type(err).__name__}: {err}")
+        if kept is not None and not isinstance(err, TrackingLost):
+            log.warning("%s: the tracking server did not answer in time%s", run.run_id, outbox.outbox().kept_note())
 
 
 def end_finished(run: RunLog, results: Mapping[str, float], step: int) -> None:
-    """The run's results as metrics at its last step, then FINISHED."""
+    """The run's results as metrics at its last step, then FINISHED, once the store has them all: a server away
+    longer than the patience raises :class:`TrackingLost` (the results kept on disk, sent by a re-run)."""
     run.metrics(results, step=step)
-    run.end("FINISHED")
+    if run.end("FINISHED") is not None:
+        raise tolerance.lost_error(f": run {run.run_id} finished, its results not stored", run.run_id)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -302,7 +318,9 @@ class Recorder:
 
 def record(stream: Iterable[Progress], recorder: Recorder, stop: StopRequest) -> TransferState:
     """Drive the engine's stream through ``recorder``; at a sync point where ``stop`` is due, checkpoint and
-    raise :class:`Interrupted`. Returns the final state."""
+    raise :class:`Interrupted`, and where the tracking server has been away longer than ``run.tracking_outage_s``,
+    checkpoint and raise :class:`TrackingLost` (the checkpoint is kept on disk with the records the server did not
+    take). Returns the final state."""
     state = None
     try:
         for progress in stream:
@@ -310,6 +328,10 @@ def record(stream: Iterable[Progress], recorder: Recorder, stop: StopRequest) ->
             state, step = progress.state, progress.global_step
             if progress.done:
                 continue
+            if tolerance.lost():  # the server has been away too long: stop here, as for a signal
+                recorder.checkpoint(state, step)
+                run_id = recorder.logs[0].run_id
+                raise tolerance.lost_error(f": run {run_id} stopped at step {step} with a checkpoint", run_id)
             if stop.due(step):
                 recorder.checkpoint(state, step)
                 recorder.logs[0].metrics({"interrupted_step": step}, step=step)

@@ -26,11 +26,14 @@ from ablation.engine.errors import UserError
 from ablation.engine.transfer import DivergenceError
 from ablation.job import execute
 from ablation.stopping import Interrupted
-from ablation.store import reader
+from ablation.store import outbox, reader
 from ablation.store.outcome import Outcome, outcome_record
+from ablation.store.tolerance import TrackingLost
 
 #: Errors that mean "bad input": one line, exit code 2, nothing stored is touched.
 USER_ERRORS = (UserError,)
+#: The exit code of a job that gave up on an absent tracking server: sysexits.h's EX_TEMPFAIL, "try again later".
+TRACKING_LOST_EXIT = 75
 
 
 def tune_value(results: dict[str, Any], objective: str) -> float:
@@ -105,6 +108,11 @@ def main(cfg: DictConfig) -> dict[str, Any] | float | None:
     job = sweep.current_job()
     try:
         results = execute(config, job)
+    except TrackingLost as err:  # the store kept on disk (outbox.keep): a re-run sends it and continues the run
+        print(f"tracking lost: {err}{outbox.outbox().kept_note()}", file=sys.stderr)
+        if job is not None:
+            sweep.record_outcome(job, config, outcome_record(Outcome.KILLED, err.run_id, str(err)))
+        sys.exit(TRACKING_LOST_EXIT)
     except Interrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         if job is not None:  # a re-run of the sweep (or submitit's requeue, below) continues it

@@ -131,6 +131,7 @@ class RunConfig:
     quiet: bool = neutral(False)  # no progress bar
     status_every: int = neutral(100)  # steps between logged status lines where stderr is no terminal (SLURM, CI)
     heartbeat_limit_s: float = neutral(600.0)  # sweeps: a RUNNING run with an older heartbeat is dead: continued
+    tracking_outage_s: float = neutral(600.0)  # a tracking server silent this long stops the run, checkpoint kept
     scales: list[int] | None = None  # coarse-to-fine content widths, e.g. [256,512]
     scale_iterations: list[int] | None = None  # iterations per scale (default run.iterations each)
     debug: bool = neutral(False)  # full tracebacks instead of one-line errors
@@ -170,6 +171,7 @@ class TuneConfig:
 class TrackingConfig:
     experiment: str = neutral("nst-ablation")  # MLflow experiment (store: runs/mlflow.db or MLFLOW_TRACKING_URI)
     run_name: str | None = neutral(None)  # default: <variant>-s<seed>
+    unsent_dir: str | None = neutral(None)  # what a server away past run.tracking_outage_s did not take (runs/unsent)
 
 
 @dataclass

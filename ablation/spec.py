@@ -102,6 +102,7 @@ def check_run(run: dict[str, Any]) -> None:
     for key in ("log_every", "sync_every"):
         _require(run[key] > 0, f"run.{key}={run[key]} must be > 0")
     _require(run["checkpoint_every"] >= 0, "run.checkpoint_every must be >= 0")
+    _require(run["tracking_outage_s"] > 0, f"run.tracking_outage_s={run['tracking_outage_s']} must be > 0")
     check_channels_last(run["channels_last"])
     blend = run["init_noise_blend"]
     _require(blend is None or 0 <= blend <= 1, f"run.init_noise_blend={blend} must be in [0, 1]")

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ablation import schema
 from ablation.bench.estimate import SweepEstimate, duration, estimate_sweep
 from ablation.engine.errors import UserError
-from ablation.store import connection, sweeps
+from ablation.store import connection, sweeps, tolerance
 from ablation.store.outcome import Outcome, outcome_record, status_of
 from ablation.store.sweeps import SweepJob
 
@@ -52,6 +52,11 @@ def current_job(config: DictConfig | None = None) -> SweepJob | None:
         return None
     parent = sweeps.read_parent(Path(str(hydra_cfg.sweep.dir)).resolve())
     return None if parent is None else SweepJob(parent, int(hydra_cfg.job.num))
+
+
+def configure(config: DictConfig) -> None:
+    """The launching process's patience with the tracking server, as its jobs': ``run.tracking_outage_s``."""
+    tolerance.configure(float(config.run.tracking_outage_s), OmegaConf.select(config, "tracking.unsent_dir"))
 
 
 def summarise(sweep_id: str, jobs: Mapping[int, Mapping[str, Any]]) -> tuple[str, list[str]]:
@@ -142,6 +147,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """The store, the experiment and the parent run; a store that cannot be used ends the sweep in one line
         (Hydra would only warn about an exception here and start every job against that store)."""
+        configure(config)
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()  # resolved once here; jobs see the same value
         name = OmegaConf.select(config, "hydra.runtime.choices.experiment") or "sweep"
         overrides = list(OmegaConf.to_container(config.hydra.overrides.task))
@@ -172,11 +178,13 @@ class SweepCallback(Callback):
         return [f"took {duration(took_s)}" + (f" (estimated {duration(estimated)})" if estimated is not None else "")]
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        configure(config)
         job = current_job(config)
         if job is not None:
             sweeps.write_job_record(job, {**_config_identity(config), "status": Outcome.RUNNING})
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        configure(config)
         job = current_job(config)
         value = getattr(job_return, "_return_value", None)
         if job is None or isinstance(value, (int, float)):  # an Optuna objective: run.main recorded the outcome
@@ -184,6 +192,7 @@ class SweepCallback(Callback):
         sweeps.write_job_record(job, {**_config_identity(config), **returned_outcome(value)})
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        configure(config)
         parent = sweeps.read_parent(Path(str(config.hydra.sweep.dir)).resolve())
         if parent is None:
             return

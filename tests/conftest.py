@@ -9,7 +9,7 @@ from __future__ import annotations
 import _posixsubprocess
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +111,19 @@ def vgg16_random() -> VGGWeights:
     from ablation.engine.weights import random_weights
 
     return random_weights("vgg16", 0)
+
+
+@pytest.fixture(autouse=True)
+def tracking_link(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts with no patience configured, no outage and an outbox that sends (a test that stops a run
+    for a lost server leaves its process's outbox keeping records on disk, as it should: not for the next test)."""
+    from ablation.store import outbox, tolerance  # noqa: PLC0415 - imports MLflow: only once a test runs
+
+    monkeypatch.delenv(tolerance.RETRIES_VARIABLE, raising=False)  # configure() sets it; restored afterwards
+    yield
+    tolerance._link.__init__()
+    if outbox._outbox is not None and (outbox._outbox.spool is not None or outbox._outbox.failures):
+        outbox._outbox = None
 
 
 @pytest.fixture

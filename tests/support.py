@@ -174,29 +174,43 @@ def wait_healthy(uri: str, proc: subprocess.Popen, log: Path, timeout_s: float =
 
 
 @contextmanager
-def make_server(folder: Path, *make_args: str, env: Mapping[str, str] | None = None) -> Iterator[tuple[str, int]]:
-    """``make server`` on a free loopback port with its store in ``folder``: its URI and process group id,
-    once /health answers; stopped (the whole group) afterwards. ``make_args`` (``STORE_URI=...``,
+def make_server(
+    folder: Path, *make_args: str, env: Mapping[str, str] | None = None, port: int | None = None
+) -> Iterator[tuple[str, int]]:
+    """``make server`` on a free loopback port (or ``port``) with its store in ``folder``: its URI and process group
+    id, once /health answers; stopped (the whole group) afterwards. ``make_args`` (``STORE_URI=...``,
     ``SERVER_WORKERS=4``, ``SERVER_AUTH=1``) and ``env`` (``PGPASSFILE``, the admin's password) go to make."""
-    port = free_port()
-    (folder / "store").mkdir()
-    sqlite_store(folder / "store")  # the server's store, at the schema already
-    log = open(folder / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        ["make", "-s", "-o", "install", "server", f"SERVER_PORT={port}", f"STORE_DIR={folder / 'store'}", *make_args],
-        cwd=PROJECT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-        start_new_session=True,  # its own process group: the server's workers stop with it
-    )
-    uri = f"http://127.0.0.1:{port}"
+    port = port or free_port()
+    if not (folder / "store").exists():
+        (folder / "store").mkdir()
+        sqlite_store(folder / "store")  # the server's store, at the schema already
+    proc = start_server(folder, port, *make_args, env=env)
     try:
-        wait_healthy(uri, proc, folder / "server.log")
-        yield uri, proc.pid
+        yield f"http://127.0.0.1:{port}", proc.pid
     finally:
         stop_group(proc)
-        log.close()
+
+
+def start_server(folder: Path, port: int, *make_args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """``make server`` on ``port`` with its store in ``folder`` (``folder/store``, or ``STORE_URI=...`` among
+    ``make_args``), once /health answers; its log appended to ``folder/server.log``. The caller stops it with
+    :func:`stop_group`, and may start it again on the same port and store (a restart)."""
+    with open(folder / "server.log", "a") as log:
+        proc = subprocess.Popen(
+            ["make", "-s", "-o", "install", "server", f"SERVER_PORT={port}", f"STORE_DIR={folder / 'store'}",
+             *make_args],
+            cwd=PROJECT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,  # its own process group: the server's workers stop with it
+        )  # fmt: skip
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc, folder / "server.log")
+    except BaseException:
+        stop_group(proc)
+        raise
+    return proc
 
 
 @dataclass(frozen=True)
@@ -264,9 +278,13 @@ def using_env(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def stop_group(proc: subprocess.Popen, timeout_s: float = 30) -> None:
-    """SIGTERM to the server's process group, then wait until every member is gone (SIGKILL if need be)."""
-    os.killpg(proc.pid, signal.SIGTERM)
+def stop_group(proc: subprocess.Popen, timeout_s: float = 30, sig: int = signal.SIGTERM) -> None:
+    """``sig`` to the server's process group, then wait until every member is gone (SIGKILL if need be); a group
+    already gone is left alone."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
     proc.wait(timeout=timeout_s)
     deadline = time.monotonic() + timeout_s
     while True:

@@ -105,7 +105,11 @@ def test_missing_and_unreadable_images(store: Path, tmp_path: Path) -> None:
 
 def test_image_too_small_for_the_network(store: Path) -> None:
     """16 px halves four times to 1 px at relu5_1; 8 px would vanish: refused with the fix."""
-    refused(store, ["images.width=8"], ImageError, r"is 8x8 px after resizing: the network needs at least 16 px")
+    refused(
+        store, ["images.width=8"], ImageError,
+        r"at images\.width=8 the content would be 8x8 px, and the network needs at least 16 px on each side: "
+        r"use images\.width=16 or more",
+    )  # fmt: skip
 
 
 def test_memory_estimate_refuses_a_size_that_cannot_fit(store: Path) -> None:

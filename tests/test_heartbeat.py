@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from ablation.store import heartbeat, lookup
+from ablation.store import heartbeat, lookup, outbox
 from ablation.store.runlog import RunLog
 from tests.support import sqlite_store
 
@@ -49,6 +49,7 @@ def test_beat_stores_metrics_with_the_logged_step_and_a_reopened_run_skips_them(
     log = RunLog.create(experiment_id, "r", {})
     log.step_metrics(["total"], [0, 1, 2], [[3.0], [2.0], [1.0]])
     log.beat()
+    outbox.settle()  # the outbox sends off the caller's path: wait until the store has it
     tags = client.get_run(log.run_id).data.tags
     assert tags["logged_step"] == "2" and float(tags["heartbeat"]) > 0
     log.step_metrics(["total"], [3], [[0.5]])  # queued, never stored: lost with a hard kill
@@ -66,33 +67,39 @@ def test_beats_between_sync_points_are_rate_limited(tmp_path: Path, monkeypatch)
     log = RunLog.create(experiment_id, "r", {})
     log.step_metrics(["total"], [0], [[1.0]])
     log.beat(force=False)  # right after creation: within BEAT_EVERY_S, nothing sent
+    outbox.settle()
     assert client.get_run(log.run_id).data.tags["logged_step"] == "-1"
     log.beat()
+    outbox.settle()
     assert client.get_run(log.run_id).data.tags["logged_step"] == "0"
 
 
 def test_a_checkpoint_is_never_stored_ahead_of_the_step_metrics_it_follows(tmp_path, monkeypatch) -> None:
     """A run killed right after a checkpoint upload resumes at that step and logs only later steps, so when the
     checkpoint reaches the store every step up to it must be there already (else those steps are lost for good,
-    as a SIGKILL between the upload and the next heartbeat showed on SLURM). Read back from the real store at
-    each upload: the checkpoints at steps 2 and 4 of a 6-step run each find steps 0..k stored."""
+    as a SIGKILL between the upload and the next heartbeat showed on SLURM). Read back from the real store as the
+    outbox sends each checkpoint of a 6-step run (at steps 2 and 4; the one at 2 is skipped when the one at 4
+    replaces it before it was sent): each finds steps 0..k stored, and the last is the one at step 4."""
+    import torch
     from mlflow.tracking import MlflowClient
 
+    from ablation.engine.checkpoint import load_checkpoint
     from ablation.job import execute
     from tests.support import config, run_overrides
 
     uri = sqlite_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    stored_at_upload: list[list[int]] = []
-    real_artifact = RunLog.artifact
+    stored_at_upload: dict[int, list[int]] = {}
+    real_send = outbox.send
 
-    def artifact(log: RunLog, path, folder=None) -> None:
-        if folder == "checkpoint":
-            history = MlflowClient(uri).get_metric_history(log.run_id, "total")
-            stored_at_upload.append(sorted(m.step for m in history))
-        real_artifact(log, path, folder)
+    def send(op: outbox.Op) -> None:
+        if op.kind == "file" and op.folder == "checkpoint":
+            step = load_checkpoint(op.file, torch.device("cpu"))[0].step
+            stored_at_upload[step] = sorted(m.step for m in MlflowClient(uri).get_metric_history(op.run_id, "total"))
+        real_send(op)
 
-    monkeypatch.setattr(RunLog, "artifact", artifact)
+    monkeypatch.setattr(outbox, "send", send)
     overrides = [o for o in run_overrides(tmp_path, 6) if not o.startswith(("run.checkpoint_every", "run.sync_every"))]
     execute(config(overrides + ["run.checkpoint_every=2", "run.sync_every=1"]))
-    assert stored_at_upload == [[0, 1, 2], [0, 1, 2, 3, 4]]
+    assert list(stored_at_upload)[-1] == 4 and set(stored_at_upload) <= {2, 4}
+    assert all(stored[: step + 1] == list(range(step + 1)) for step, stored in stored_at_upload.items())

@@ -7,6 +7,7 @@ laid out [1, 3, H, W]. Its inverse clips to 0-255 and truncates to uint8, as ups
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ablation.engine.errors import UserError
+from ablation.engine.network import MIN_IMAGE_SIDE_PX
 
 
 class ImageError(UserError):
@@ -43,7 +45,7 @@ def read_rgb(path: str | Path, exif_transpose: bool = True) -> np.ndarray:
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 img = img.convert("RGBA")  # then drop alpha, as upstream does
             return np.array(img.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageError(f"cannot read {path} as an image ({err}): give a JPEG or PNG file") from err
 
 
@@ -54,19 +56,62 @@ def resize(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
     return np.array(Image.fromarray(image).resize(size_wh))
 
 
-def content_size(image: np.ndarray, width: int | None) -> tuple[int, int]:
-    """(w, h) of the content: unchanged without ``width``, else (width, floor(h / w * width))."""
-    h, w = image.shape[:2]
+def content_size(size_wh: tuple[int, int], width: int | None) -> tuple[int, int]:
+    """(w, h) of a content of ``size_wh``: unchanged without ``width``, else (width, floor(h / w * width))."""
+    w, h = size_wh
     if width is None:
         return w, h
     return width, int(math.floor(h / w * width))
 
 
-def style_size(style: np.ndarray, content_width: int, style_scale: float) -> tuple[int, int]:
-    """(w, h) of a style image scaled by content_width * style_scale / its own width (upstream)."""
-    h, w = style.shape[:2]
+def style_size(size_wh: tuple[int, int], content_width: int, style_scale: float) -> tuple[int, int]:
+    """(w, h) of a style of ``size_wh`` scaled by content_width * style_scale / its own width (upstream)."""
+    w, h = size_wh
     factor = content_width * style_scale / w
     return int(w * factor), int(h * factor)
+
+
+def size_of(image: np.ndarray) -> tuple[int, int]:
+    """(w, h) of an [H, W, C] array."""
+    return image.shape[1], image.shape[0]
+
+
+def smallest_width(size_wh: tuple[int, int]) -> int:
+    """The least content width at which a content of ``size_wh`` keeps :data:`MIN_IMAGE_SIDE_PX` on each side."""
+    w, h = size_wh
+    width = max(MIN_IMAGE_SIDE_PX, math.ceil(MIN_IMAGE_SIDE_PX * w / h))
+    while min(content_size(size_wh, width)) < MIN_IMAGE_SIDE_PX:
+        width += 1
+    return width
+
+
+def check_sizes(
+    paths: Sequence[str | Path], sizes_wh: Sequence[tuple[int, int]], widths: Sequence[int | None],
+    style_scales: Sequence[float], width_key: str = "images.width",
+) -> None:  # fmt: skip
+    """Refuse, before anything is resized, a content (``paths[0]``) or style that would come out smaller than the
+    network takes (:data:`MIN_IMAGE_SIDE_PX` on each side) at any of the content ``widths`` (``images.width``, or
+    each of ``run.scales``: then ``width_key`` is ``run.scales``). A resize to zero pixels, or a feature map pooled
+    to nothing, would otherwise end in a PIL or torch traceback; here it is one line naming the file and the key."""
+    content_wh = sizes_wh[0]
+    for index, width in enumerate(widths):
+        key = f"{width_key}[{index}]" if width_key == "run.scales" else width_key
+        cw, ch = content_size(content_wh, width)
+        if min(cw, ch) < MIN_IMAGE_SIDE_PX:
+            at = f"at {key}={width}" if width is not None else f"without {key}"
+            raise ImageError(
+                f"{paths[0]} is {content_wh[0]}x{content_wh[1]} px: {at} the content would be {cw}x{ch} px, and "
+                f"the network needs at least {MIN_IMAGE_SIDE_PX} px on each side: use {key}="
+                f"{smallest_width(content_wh)} or more (or a larger image)"
+            )
+        for k, (path, wh, scale) in enumerate(zip(paths[1:], sizes_wh[1:], style_scales, strict=True)):
+            sw, sh = style_size(wh, cw, scale)
+            if min(sw, sh) < MIN_IMAGE_SIDE_PX:
+                raise ImageError(
+                    f"{path} is {wh[0]}x{wh[1]} px: scaled to the content's {cw} px ({key}={width}) times "
+                    f"images.style_scales[{k}]={scale:g} it would be {sw}x{sh} px, and the network needs at least "
+                    f"{MIN_IMAGE_SIDE_PX} px on each side: raise that style scale or {key} (or use a larger image)"
+                )
 
 
 @dataclass(frozen=True)
@@ -122,5 +167,5 @@ def image_size_wh(path: str | Path, exif_transpose: bool = True) -> tuple[int, i
             if exif_transpose and img.getexif().get(274) in _TRANSPOSING_ORIENTATIONS:
                 w, h = h, w
             return w, h
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageError(f"cannot read {path} as an image ({err}): give a JPEG or PNG file") from err

@@ -20,7 +20,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ablation.engine.errors import UserError
@@ -91,18 +90,15 @@ def available_bytes(device: torch.device) -> int | None:
     return available
 
 
-def _header(name: str, exif_transpose: bool) -> np.ndarray:
-    """A zero-byte array shaped like the image (the sizing functions read only ``shape``)."""
-    w, h = image_size_wh(resolve_image(name), exif_transpose)
-    return np.empty((h, w, 0), dtype=np.uint8)
-
-
 def planned_sizes(spec: RunSpec) -> tuple[tuple[int, int], list[tuple[int, int]]]:
-    """(h, w) of the content and of each style image after upstream's resizing, from the files' headers."""
-    cw, ch = content_size(_header(spec.images.content, spec.images.exif_transpose), spec.images.width)
+    """(h, w) of the content and of each style after upstream's resizing at the run's finest width (``images.width``,
+    or the last of ``run.scales``), from the files' headers."""
+    images = spec.images
+    width = spec.stages()[-1][0]
+    cw, ch = content_size(image_size_wh(resolve_image(images.content), images.exif_transpose), width)
     styles = []
-    for name, scale in zip(spec.images.styles, spec.images.style_scales, strict=True):
-        sw, sh = style_size(_header(name, spec.images.exif_transpose), cw, scale)
+    for name, scale in zip(images.styles, images.style_scales, strict=True):
+        sw, sh = style_size(image_size_wh(resolve_image(name), images.exif_transpose), cw, scale)
         styles.append((sh, sw))
     return (ch, cw), styles
 

@@ -14,9 +14,18 @@ import torch
 from ablation.engine.backends import configure_backends, resolve_options, set_layout
 from ablation.engine.colors import match_colors
 from ablation.engine.errors import DeviceError
-from ablation.engine.images import ImageError, PixelSpace, content_size, read_rgb, resize, style_size
+from ablation.engine.images import (
+    PixelSpace,
+    check_sizes,
+    content_size,
+    image_size_wh,
+    read_rgb,
+    resize,
+    size_of,
+    style_size,
+)
 from ablation.engine.inputs import file_sha256, resolve_image
-from ablation.engine.network import MIN_IMAGE_SIDE_PX, VGGFeatures
+from ablation.engine.network import VGGFeatures
 from ablation.engine.plan import ImagesSpec, RunSpec
 from ablation.engine.transfer import Targets, compute_targets, initial_image
 from ablation.engine.weights import VGGWeights, load_weights
@@ -51,24 +60,29 @@ class InputImages:
     sha256: list[str]
 
 
-def load_images(spec: ImagesSpec, match_style_colors: bool = False) -> InputImages:
+def load_images(spec: ImagesSpec, match_style_colors: bool = False, width_key: str = "images.width") -> InputImages:
     """Content resized to ``width`` (if set); each style to content width * its scale (upstream).
-    With ``match_style_colors`` each style's colour histogram is matched to the content's."""
+    With ``match_style_colors`` each style's colour histogram is matched to the content's. Sizes are checked
+    before anything is resized (:func:`check_sizes`)."""
     paths = [resolve_image(spec.content)] + [resolve_image(s) for s in spec.styles]
-    content = read_rgb(paths[0], spec.exif_transpose)
-    content = resize(content, content_size(content, spec.width))
-    styles = []
-    for path, scale in zip(paths[1:], spec.style_scales, strict=True):
-        style = read_rgb(path, spec.exif_transpose)
-        style = resize(style, style_size(style, content.shape[1], scale))
-        styles.append(match_colors(style, content) if match_style_colors else style)
-    for path, image in zip(paths, [content, *styles], strict=True):
-        if min(image.shape[:2]) < MIN_IMAGE_SIDE_PX:
-            raise ImageError(
-                f"{path} is {image.shape[1]}x{image.shape[0]} px after resizing: the network needs at least "
-                f"{MIN_IMAGE_SIDE_PX} px on each side (raise images.width or the style scale)"
-            )
+    content, *styles = [read_rgb(path, spec.exif_transpose) for path in paths]
+    check_sizes(paths, [size_of(content), *map(size_of, styles)], [spec.width], spec.style_scales, width_key)
+    content = resize(content, content_size(size_of(content), spec.width))
+    width = size_of(content)[0]
+    styles = [resize(s, style_size(size_of(s), width, k)) for s, k in zip(styles, spec.style_scales, strict=True)]
+    if match_style_colors:
+        styles = [match_colors(style, content) for style in styles]
     return InputImages(content, styles, paths, [file_sha256(p) for p in paths])
+
+
+def check_input_sizes(spec: RunSpec) -> None:
+    """:func:`check_sizes` for every width of the run (``images.width`` or each of ``run.scales``), from the files'
+    headers: a too small or oddly shaped image is refused before any pixel is decoded."""
+    images = spec.images
+    paths = [resolve_image(name) for name in (images.content, *images.styles)]
+    sizes = [image_size_wh(path, images.exif_transpose) for path in paths]
+    widths = [width for width, _ in spec.stages()]
+    check_sizes(paths, sizes, widths, images.style_scales, "run.scales" if spec.scales else "images.width")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from mlflow.entities import Run
 
 from ablation.engine.checkpoint import CHECKPOINT_ARTIFACT
 from ablation.store import heartbeat
-from ablation.store.connection import client
+from ablation.store.connection import TrackingError, client
 from ablation.store.runlog import tag_values
 
 RESUMABLE_STATUSES = ("KILLED", "FAILED")
@@ -44,6 +44,8 @@ def has_checkpoint(run_id: str) -> bool:
     folder, name = CHECKPOINT_ARTIFACT.rsplit("/", 1)
     try:
         return any(Path(f.path).name == name for f in client().list_artifacts(run_id, folder))
+    except TrackingError:
+        raise  # the server is away, not the checkpoint
     except Exception:  # noqa: BLE001 - an unreadable artifact store means: nothing to resume from here
         return False
 

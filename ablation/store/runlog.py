@@ -1,14 +1,16 @@
 """One MLflow run as the recorder writes it: params, tags, batched step metrics with a heartbeat, artifacts, status.
 
 Every value that reaches the store passes :func:`redact` (no secret from the config or the environment is stored)
-and is cut to MLflow's limits here, once. Step metrics are buffered and sent with ``log_batch`` at sync points,
-in the same request as the heartbeat (:mod:`ablation.store.heartbeat`).
+and is cut to MLflow's limits here, once. Step metrics are buffered and put into the outbox at sync points, the
+heartbeat in the same record as the last of them (:mod:`ablation.store.heartbeat`); the outbox sends every write in
+order off the loop's path (:mod:`ablation.store.outbox`), and :meth:`RunLog.end` waits until the store has them.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -17,8 +19,8 @@ from typing import Any
 import numpy as np
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
-from ablation.store import heartbeat
-from ablation.store.connection import client, redact_uri, refusals_explained
+from ablation.store import heartbeat, outbox
+from ablation.store.connection import client, redact_uri, refusals_explained, tracking_uri
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit of a param value
 MAX_TAG_CHARS = 5000  # what we keep of a tag value (MLflow's limit is higher; an error message needs no more)
@@ -85,14 +87,14 @@ def safe_artifact_path(path: str | None) -> str | None:
 
 
 class RunLog:
-    """One MLflow run; step metrics are buffered and sent with ``log_batch``. Make one with :meth:`create` or
-    :meth:`reopen`."""
+    """One MLflow run; step metrics are buffered and put into the outbox at sync points (:mod:`ablation.store.outbox`).
+    Make one with :meth:`create` or :meth:`reopen`."""
 
     def __init__(self, run_id: str, tags: Mapping[str, str], logged_step: int) -> None:
         self.run_id = run_id
         self.tags_at_open = dict(tags)  # the run's tags when it was opened (a reopened run's earlier life)
         self._pending: list[Metric] = []
-        self.logged_step = logged_step  # the last step whose losses are stored: never logged again (see beat)
+        self.logged_step = logged_step  # the last step whose losses are sent: never logged again (see beat)
         self._queued_step = logged_step
         self._last_beat_s = time.monotonic()
 
@@ -117,13 +119,22 @@ class RunLog:
         log.beat()
         return log
 
+    def _put(self, metrics: Iterable[Metric] = (), params: Iterable[Param] = (), tags: Iterable[RunTag] = ()) -> None:
+        """Put ``log_batch`` records within MLflow's limits (1000 values, 100 params, 100 tags each); params and tags
+        ride in the last one, so a heartbeat reaches the store only after every step it counts."""
+        metrics, params, tags = list(metrics), list(params), list(tags)
+        cut = max(len(metrics) - (MAX_BATCH - len(params) - len(tags)), 0)  # the metrics before the last record
+        for start in range(0, cut, MAX_BATCH):
+            outbox.put(outbox.batch(self.run_id, metrics[start : min(start + MAX_BATCH, cut)]))
+        outbox.put(outbox.batch(self.run_id, metrics[cut:], params, tags))
+
     def params(self, params: Mapping[str, Any]) -> None:
         items = [Param(k, v[:MAX_PARAM_CHARS]) for k, v in redact(params).items()]
         for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            client().log_batch(self.run_id, params=items[start : start + MAX_PARAMS_PER_BATCH])
+            self._put(params=items[start : start + MAX_PARAMS_PER_BATCH])
 
     def tags(self, tags: Mapping[str, Any]) -> None:
-        client().log_batch(self.run_id, tags=tag_values(tags))
+        self._put(tags=tag_values(tags))
 
     def metrics(self, values: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
@@ -140,47 +151,57 @@ class RunLog:
                 self._queued_step = max(self._queued_step, int(step))
 
     def beat(self, force: bool = True) -> None:
-        """Store what is queued and the heartbeat in one request (see :mod:`ablation.store.heartbeat`).
+        """Put what is queued and the heartbeat in the outbox, the heartbeat in the last record: the store has the
+        steps up to ``logged_step`` when it has the tag (see :mod:`ablation.store.heartbeat`).
 
         ``force=False`` (every sync point) beats at most every ``heartbeat.BEAT_EVERY_S`` seconds.
         """
         if not force and time.monotonic() - self._last_beat_s < heartbeat.BEAT_EVERY_S:
             return
-        while len(self._pending) > MAX_BATCH:
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            client().log_batch(self.run_id, metrics=batch)
-        tags = [RunTag(k, v) for k, v in heartbeat.beat_tags(self._queued_step).items()]
-        client().log_batch(self.run_id, metrics=self._pending, tags=tags)
+        self._put(self._pending, tags=[RunTag(k, v) for k, v in heartbeat.beat_tags(self._queued_step).items()])
         self._pending, self.logged_step, self._last_beat_s = [], self._queued_step, time.monotonic()
 
     def flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            client().log_batch(self.run_id, metrics=batch)
+        if self._pending:
+            self._put(self._pending)
+            self._pending = []
 
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
-        """Store a local file under ``folder`` (sanitised: it cannot leave the run's artifact folder)."""
+        """Store a local file under ``folder`` (sanitised: it cannot leave the run's artifact folder). The file is
+        copied at once: the caller may rewrite it."""
         path = Path(path)
         if safe_artifact_path(path.name) != path.name:
             raise ValueError(f"artifact file name {path.name!r} is not safe: use letters, digits, '.', '_', '-'")
-        client().log_artifact(self.run_id, str(path), safe_artifact_path(folder))
+        staged = outbox.outbox().stage(path.name)
+        shutil.copyfile(path, staged)
+        self._put_file(staged, safe_artifact_path(folder))
+
+    def _put_file(self, staged: Path, folder: str | None) -> None:
+        outbox.put(outbox.Op("file", tracking_uri(), self.run_id, file=str(staged), folder=folder))
 
     def image(self, rgb: np.ndarray, key: str, step: int) -> None:
         """One image of a series (uint8 [H, W, 3]): MLflow's image view lines runs up by ``key`` and ``step``."""
-        client().log_image(self.run_id, rgb, key=key, step=step)
+        for path in outbox.image_files(rgb, key, step):
+            self._put_file(path, "images")
+        self._put(tags=[RunTag(*outbox.image_tag())])
 
     def text(self, text: str, name: str) -> None:
         """Store ``text`` as ``name`` (sanitised like :func:`safe_artifact_path`)."""
         safe = safe_artifact_path(name)
         if safe is None:
             raise ValueError(f"artifact name {name!r} is empty after sanitising: give a file name")
-        client().log_text(self.run_id, text, safe)
+        folder, _, file_name = safe.rpartition("/")
+        staged = outbox.outbox().stage(file_name)
+        staged.write_text(text)
+        self._put_file(staged, folder or None)
 
-    def end(self, status: str = "FINISHED", error: str | None = None) -> None:
-        """Flush what is pending and set the final status (FINISHED, FAILED or KILLED)."""
-        try:
-            self.flush()
-        finally:
-            if error:
-                client().set_tag(self.run_id, "error", error[:MAX_TAG_CHARS])
-            client().set_terminated(self.run_id, RunStatus.to_string(getattr(RunStatus, status)))
+    def end(self, status: str = "FINISHED", error: str | None = None, wait_s: float | None = None) -> Path | None:
+        """Put what is pending and the final status (FINISHED, FAILED or KILLED), then wait until the store has it
+        all, within the job's patience (or ``wait_s``). Returns the folder where what the server did not take in time
+        is kept (None: all stored)."""
+        self.beat()  # the last steps, and logged_step at the run's last step
+        if error:
+            self._put(tags=[RunTag("error", error[:MAX_TAG_CHARS])])
+        final = RunStatus.to_string(getattr(RunStatus, status))
+        outbox.put(outbox.Op("end", tracking_uri(), self.run_id, status=final))
+        return outbox.settle(wait_s)

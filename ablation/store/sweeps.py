@@ -20,7 +20,8 @@ from typing import Any
 
 from mlflow.entities import Metric, Param, RunStatus
 
-from ablation.store.connection import client, provenance_tags, refusals_explained
+from ablation.store import outbox
+from ablation.store.connection import client, provenance_tags, refusals_explained, tracking_uri
 from ablation.store.outcome import Outcome, count_outcomes, status_of
 from ablation.store.runlog import MAX_PARAM_CHARS, MAX_PARAMS_PER_BATCH, tag_values
 
@@ -103,9 +104,13 @@ def job_artifact(job_num: int) -> str:
 
 
 def write_job_record(job: SweepJob, record: Mapping[str, Any]) -> None:
-    """Store (or replace) job ``job.job_num``'s record on the parent run."""
-    text = json.dumps(dict(record), sort_keys=True)
-    client().log_text(job.sweep.parent_run_id, text, job_artifact(job.job_num))
+    """Store (or replace) job ``job.job_num``'s record on the parent run, through the outbox like the runs' own
+    records, and wait until the store has it (within the job's patience; else it is kept with them)."""
+    folder, _, name = job_artifact(job.job_num).rpartition("/")
+    staged = outbox.outbox().stage(name)
+    staged.write_text(json.dumps(dict(record), sort_keys=True))
+    outbox.put(outbox.Op("file", tracking_uri(), job.sweep.parent_run_id, file=str(staged), folder=folder))
+    outbox.settle()
 
 
 def read_job_records(parent_run_id: str) -> dict[int, dict[str, Any]]:
@@ -124,10 +129,14 @@ def finish_parent(parent: SweepRef, jobs: Mapping[int, Mapping[str, Any]], summa
     """The sweep's counts as metrics, its summary as ``summary.txt``, its status FAILED when a job failed."""
     counts = count_outcomes(jobs.values())
     values = {"jobs": len(jobs), **{COUNT_METRICS[o]: counts[o] for o in COUNT_METRICS}}
-    store = client()
-    store.log_batch(parent.parent_run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in values.items()])
-    store.log_text(parent.parent_run_id, summary + "\n", "summary.txt")
-    store.set_terminated(parent.parent_run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
+    run_id, uri = parent.parent_run_id, tracking_uri()
+    outbox.put(outbox.batch(run_id, [Metric(k, v, int(time.time() * 1000), 0) for k, v in values.items()]))
+    staged = outbox.outbox().stage("summary.txt")
+    staged.write_text(summary + "\n")
+    outbox.put(outbox.Op("file", uri, run_id, file=str(staged)))
+    status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
+    outbox.put(outbox.Op("end", uri, run_id, status=status))
+    outbox.settle()
 
 
 def record_lost(sweep_dir: Path, job_num: int, overrides: list[str], error: str) -> None:
