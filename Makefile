@@ -5,12 +5,14 @@ PY := $(VENV)/bin/python
 # The report's pair: read from ../shared/data when it exists (CI, this workspace), else downloaded.
 export ABLATION_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 DEMO_ARGS ?=
-# make sweep: EXPERIMENT=table1|table2|all|readings, SIZE=content width px, ITER=iterations, SEEDS=0,1,2,
-# WEIGHTS=torchvision|random|..., LAUNCHER=basic|joblib|slurm (N_JOBS for joblib), SWEEP_ARGS=more overrides
+# make sweep: EXPERIMENT=table1|table2|all|readings|optimizers|conditions, SIZE=content width px, ITER=iterations,
+# SEEDS=0,1,2, WEIGHTS=torchvision|random|..., CONDITIONS=base,style5000 (files of conf/condition/),
+# LAUNCHER=basic|joblib|slurm (N_JOBS for joblib), SWEEP_ARGS=more overrides. It prints its cost before it starts.
 EXPERIMENT ?= all
 SIZE ?=
 ITER ?=
 SEEDS ?=
+CONDITIONS ?=
 WEIGHTS ?=
 LAUNCHER ?= basic
 N_JOBS ?= 2
@@ -19,7 +21,7 @@ SWEEP ?=
 
 comma := ,
 space := $(subst ,, )
-.PHONY: help install demo test lint ui server sweep report tune bench slurm-up slurm-down postgres-up postgres-down
+.PHONY: help install demo test test-fast lint ui server sweep report tune bench slurm-up slurm-down postgres-up postgres-down
 help:  ## every target with what it does
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
 
@@ -32,13 +34,22 @@ $(VENV)/.installed: pyproject.toml
 demo: install  ## one transfer of the report's pair at 256 px, 300 iterations, pretrained VGG19
 	$(PY) -m ablation.run images.width=256 run.iterations=300 $(DEMO_ARGS)
 
-test: install  ## the whole suite (CPU, seeded random weights, images <= 64 px)
-	$(PY) -m pytest -q tests
+# pytest-xdist workers, each running one test module at a time (its module fixtures run once), in the order
+# tests/conftest.py gives: the SLURM and server tests mostly wait, so make test runs one worker more than cores.
+TEST_WORKERS ?= 3
+FAST_WORKERS ?= 2
+XDIST = --dist loadscope --no-loadscope-reorder
+test: install  ## the whole suite (CPU, seeded random weights, images <= 64 px), on TEST_WORKERS=3 workers
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(XDIST) tests
+
+test-fast: install  ## the tests that start no process (no sweep, server, make or SLURM): the edit-test loop
+	$(PY) -m pytest -q -n $(FAST_WORKERS) $(XDIST) -m "not slow" tests
 
 sweep: install  ## the experiment's variants x seeds; jobs with a FINISHED run of the same fingerprint are skipped
 	$(PY) -m ablation.run -m experiment=$(EXPERIMENT) hydra/launcher=$(LAUNCHER) \
 		$(if $(SIZE),images.width=$(SIZE)) $(if $(ITER),run.iterations=$(ITER)) $(if $(SEEDS),run.seed=$(SEEDS)) \
-		$(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(filter joblib,$(LAUNCHER)),hydra.launcher.n_jobs=$(N_JOBS)) $(SWEEP_ARGS)
+		$(if $(WEIGHTS),weights=$(WEIGHTS)) $(if $(CONDITIONS),condition=$(CONDITIONS)) \
+		$(if $(filter joblib,$(LAUNCHER)),hydra.launcher.n_jobs=$(N_JOBS)) $(SWEEP_ARGS)
 
 # make tune: one Optuna study per variant (VARIANTS=original,vgg16 ...; default every file of conf/variant), TRIALS each;
 # STUDY_STORAGE=sqlite:///$(CURDIR)/runs/optuna.db or postgresql://USER@HOST:5432/optuna keeps the studies, so a

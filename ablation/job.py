@@ -75,6 +75,12 @@ def input_sha256(spec: RunSpec) -> list[str]:
     return [file_sha256(resolve_image(name)) for name in names]
 
 
+def seed_fingerprints(config: dict[str, Any], spec: RunSpec, weights_sha256: str, device_type: str) -> dict[int, str]:
+    """Each seed's fingerprint: what a sweep looks its runs up by (the pre-launch estimate too)."""
+    inputs = input_sha256(spec)
+    return {s: fingerprint.fingerprint(seed_config(config, s), weights_sha256, inputs, device_type) for s in spec.seeds}
+
+
 def plan(config: dict[str, Any], sweep: SweepJob | None) -> Job:
     """Validate, check memory and the store, load the weights: every refusal comes before any run is made.
 
@@ -89,8 +95,7 @@ def plan(config: dict[str, Any], sweep: SweepJob | None) -> Job:
     experiment_id = connection.open_store(config["tracking"]["experiment"], patient=sweep is not None)
     torch.manual_seed(spec.seed)
     weights = load_weights(spec.weights.source, spec.network.arch, **spec.weights.options)
-    inputs = input_sha256(spec)
-    keys = {s: fingerprint.fingerprint(seed_config(config, s), weights.sha256, inputs, device.type) for s in spec.seeds}
+    keys = seed_fingerprints(config, spec, weights.sha256, device.type)
     return Job(config, spec, device, experiment_id, weights, keys, sweep)
 
 

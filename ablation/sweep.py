@@ -10,6 +10,9 @@ parallel jobs crashes on schema creation, and concurrent ``set_experiment`` file
 Jobs find the parent through a small file in the sweep folder, which every launcher shares. Each job
 records its outcome on the parent (:mod:`ablation.store.sweeps`), whether it ran, was skipped or failed;
 the report reads the sweep's runs from those records.
+
+Before the first job it prints what the sweep will cost (:func:`estimate`: the job list as Hydra's basic sweeper
+expands it, the jobs already answered by a FINISHED run, the time of the rest here) and at its end what it took.
 """
 
 from __future__ import annotations
@@ -17,14 +20,20 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ablation import schema
+from ablation.bench.estimate import SweepEstimate, duration, estimate_sweep
 from ablation.engine.errors import UserError
 from ablation.store import connection, sweeps, tolerance
 from ablation.store.outcome import Outcome, outcome_record, status_of
@@ -66,9 +75,11 @@ def summarise(sweep_id: str, jobs: Mapping[int, Mapping[str, Any]]) -> tuple[str
     return line, failed
 
 
-def job_identity(variant: Any, seed: Any, overrides: Any) -> dict[str, Any]:
-    """What a job record says about which job it is."""
-    return {"variant": str(variant), "seed": seed, "overrides": list(overrides)}
+def job_identity(variant: Any, seed: Any, overrides: Any, condition: Any = None) -> dict[str, Any]:
+    """What a job record says about which job it is; ``condition`` (a file of ``conf/condition/``) only when the job
+    has one, so the report can set the sweep's runs side by side per condition."""
+    identity = {"variant": str(variant), "seed": seed, "overrides": list(overrides)}
+    return identity | ({"condition": str(condition)} if condition else {})
 
 
 def _config_identity(config: DictConfig) -> dict[str, Any]:
@@ -76,6 +87,7 @@ def _config_identity(config: DictConfig) -> dict[str, Any]:
         OmegaConf.select(config, "variant.name"),
         OmegaConf.select(config, "run.seed"),
         OmegaConf.to_container(config.hydra.overrides.task),
+        OmegaConf.select(config, "hydra.runtime.choices.condition"),
     )
 
 
@@ -84,6 +96,46 @@ def returned_outcome(value: Any) -> dict[str, Any]:
     if isinstance(value, Mapping) and status_of(value) in (Outcome.FINISHED, Outcome.SKIPPED, Outcome.FAILED):
         return outcome_record(value["status"], value.get("run_id"), value.get("error"))
     return outcome_record(Outcome.FAILED, None, f"{type(value).__name__}: {value}")
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
+    """Each job's overrides as Hydra's basic sweeper expands them (its axes, then the command line's, as a
+    product: the sweeper's own ``split_arguments``, from Hydra's internal module); None under another sweeper
+    (Optuna's trials are drawn one by one, not listed)."""
+    target = str(OmegaConf.select(config, "hydra.sweeper._target_") or "")
+    if target.rsplit(".", 1)[-1] != BasicSweeper.__name__:
+        return None
+    axes = [f"{key}={value}" for key, value in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
+    arguments = list(OmegaConf.to_container(config.hydra.overrides.task))
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    return [
+        job for batch in BasicSweeper.split_arguments(parser.parse_overrides(axes + arguments), None) for job in batch
+    ]
+
+
+def compose_job(loader: Any, config: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """One job's config from its overrides as Hydra's ``loader`` composes it for the sweeper (plain, no ``hydra``)."""
+    composed = loader.load_sweep_config(config, list(overrides))
+    with open_dict(composed):
+        del composed["hydra"]
+    return schema.plain(composed)
+
+
+def estimate(config: DictConfig, experiment_id: str) -> SweepEstimate | None:
+    """The sweep's jobs, how many are reused and how long the rest take here, printed before the first job starts;
+    None (and a line saying why) when it cannot be told: another sweeper, or a job that will fail anyway."""
+    jobs = sweep_jobs(config)
+    if jobs is None:
+        return None
+    try:
+        compose = partial(compose_job, GlobalHydra.instance().config_loader(), config)
+        found = estimate_sweep(jobs, compose, experiment_id)
+    except UserError as err:  # the job will say it again, in its own record
+        print(f"sweep estimate: none ({err})", file=sys.stderr)
+        return None
+    timeout_min = OmegaConf.select(config, "hydra.launcher.timeout_min")  # a cluster launcher's time limit
+    print(found.text(timeout_min), file=sys.stderr)
+    return found
 
 
 class SweepCallback(Callback):
@@ -101,14 +153,29 @@ class SweepCallback(Callback):
         overrides = list(OmegaConf.to_container(config.hydra.overrides.task))
         try:
             experiment_id = connection.open_store(str(config.tracking.experiment))  # schema + experiment
+            found = estimate(config, experiment_id)
             parent = sweeps.create_parent(experiment_id, name, time.strftime("%Y%m%d-%H%M%S"), sweep_dir, overrides)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        if found is not None:
+            sweeps.tag_parent(parent, {"sweep_estimate_s": f"{found.seconds:.1f}"})
+        self.started_s, self.estimated_s = time.monotonic(), None if found is None else found.seconds
         print(
             f"sweep {parent.sweep_id}: parent run {parent.parent_run_id} in {connection.tracking_uri()}",
             file=sys.stderr,
         )
+
+    def timing(self, parent: sweeps.SweepRef) -> list[str]:
+        """'took 3.1 min (estimated 3.3 min)': the sweep's time from its first job against the estimate, also tagged
+        on the parent run (``sweep_took_s`` beside ``sweep_estimate_s``)."""
+        started = getattr(self, "started_s", None)  # None: the sweep did not start in this process
+        if started is None:
+            return []
+        took_s = time.monotonic() - started
+        sweeps.tag_parent(parent, {"sweep_took_s": f"{took_s:.1f}"})
+        estimated = getattr(self, "estimated_s", None)
+        return [f"took {duration(took_s)}" + (f" (estimated {duration(estimated)})" if estimated is not None else "")]
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         configure(config)
@@ -131,7 +198,7 @@ class SweepCallback(Callback):
             return
         jobs = sweeps.read_job_records(parent.parent_run_id)
         line, failed = summarise(parent.sweep_id, jobs)
-        text = "\n".join([line, *failed])
+        text = "\n".join([line, *self.timing(parent), *failed])
         sweeps.finish_parent(parent, jobs, text, failed=bool(failed))
         print(text, file=sys.stderr)
         print(f"report: python -m ablation.report --sweep {parent.sweep_id}", file=sys.stderr)
@@ -141,6 +208,12 @@ class SweepCallback(Callback):
 
 def record_outcome(job: SweepJob, config: Mapping[str, Any], results: Mapping[str, Any]) -> None:
     """Record a job's outcome from inside the job (sweepers whose jobs return a bare number; a stopped job)."""
-    identity = job_identity(config["variant"]["name"], config["run"]["seed"], HydraConfig.get().overrides.task)
+    hydra_cfg = HydraConfig.get()
+    identity = job_identity(
+        config["variant"]["name"],
+        config["run"]["seed"],
+        hydra_cfg.overrides.task,
+        hydra_cfg.runtime.choices.get("condition"),
+    )
     outcome = outcome_record(results["status"], results.get("run_id"), results.get("error"))
     sweeps.write_job_record(job, {**identity, **outcome})

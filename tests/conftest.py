@@ -1,16 +1,95 @@
-"""Shared fixtures: the shared folder beside the checkout, seeded random weights, a private MLflow store, PostgreSQL."""
+"""Shared fixtures: the shared folder beside the checkout, seeded random weights, a private MLflow store, PostgreSQL;
+the guard that keeps ``make test-fast`` fast (a test not marked ``slow`` fails when it or its fixtures start a
+process); and the order of the modules that lets ``make test``'s workers overlap the waiting tests with the computing
+ones.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import _posixsubprocess
+import os
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ablation.engine.weights import VGGWeights, random_weights
-from tests.support import DATA_DIR, PROJECT, Postgres, find_postgres
+if TYPE_CHECKING:
+    from ablation.engine.weights import VGGWeights
+    from tests.support import Postgres
 
-SHARED = PROJECT.parent / "shared"
+# torch, MLflow and the project are imported by the fixtures that need them: xdist's controller process loads this
+# file too, and runs no test.
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+#: The test whose setup, call or teardown runs now in this process (its module fixtures' included).
+_current: list[pytest.Item] = []
+#: Programs any test may start: MLflow reads a run's source commit with git (GitPython), in milliseconds.
+_ANY_TEST_MAY_START = {"git"}
+#: Every way a process starts: subprocess (its own reference to fork_exec, or posix_spawn), multiprocessing's spawn
+#: and joblib's loky workers (fork_exec), multiprocessing's fork.
+_STARTERS = (
+    (subprocess, "_fork_exec"),
+    (_posixsubprocess, "fork_exec"),
+    (os, "posix_spawn"),
+    (os, "posix_spawnp"),
+    (os, "fork"),
+)
+
+
+def _program(args: tuple[Any, ...]) -> str:
+    """The program a starter was asked to run: fork_exec's argv[0], posix_spawn's path; a fork runs none."""
+    first = args[0] if args else None
+    if isinstance(first, (list, tuple)):
+        first = first[0] if first else None
+    return Path(os.fsdecode(first)).name if isinstance(first, (str, bytes, os.PathLike)) else "a fork of itself"
+
+
+def _guarded(start: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        program = _program(args)
+        if _current and _current[-1].get_closest_marker("slow") is None and program not in _ANY_TEST_MAY_START:
+            pytest.fail(
+                f"{_current[-1].nodeid} starts a process ({program}): mark it @pytest.mark.slow "
+                "(make test-fast runs none)",
+                pytrace=False,
+            )
+        return start(*args, **kwargs)
+
+    return guarded
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for module, name in _STARTERS:
+        if hasattr(module, name):
+            setattr(module, name, _guarded(getattr(module, name)))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules that wait on SLURM first, then the other modules that start processes, then the rest: with xdist
+    (``--dist loadscope --no-loadscope-reorder``, one module per worker at a time) the SLURM jobs run beside
+    everything else, and the small in-process modules fill the workers at the end. A module's tests stay together."""
+
+    modules: dict[object, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(getattr(item, "module", None), []).append(item)
+
+    def rank(tests: list[pytest.Item]) -> int:
+        if any("slurm_partition" in getattr(t, "fixturenames", ()) for t in tests):
+            return 0
+        return 1 if any(t.get_closest_marker("slow") for t in tests) else 2
+
+    ranks = {module: rank(tests) for module, tests in modules.items()}
+    items.sort(key=lambda item: ranks[getattr(item, "module", None)])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    _current.append(item)
+    try:
+        return (yield)
+    finally:
+        _current.pop()
 
 
 @pytest.fixture(scope="session")
@@ -22,11 +101,15 @@ def shared() -> Path:
 
 @pytest.fixture(scope="session")
 def vgg19_random() -> VGGWeights:
+    from ablation.engine.weights import random_weights
+
     return random_weights("vgg19", 0)
 
 
 @pytest.fixture(scope="session")
 def vgg16_random() -> VGGWeights:
+    from ablation.engine.weights import random_weights
+
     return random_weights("vgg16", 0)
 
 
@@ -46,7 +129,9 @@ def tracking_link(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture
 def store(tmp_path, monkeypatch) -> str:
     """A fresh sqlite MLflow store for this test, and the report's pair from ../shared/data."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    from tests.support import DATA_DIR, sqlite_store
+
+    uri = sqlite_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("ABLATION_DATA_DIR", str(DATA_DIR))
     return uri
@@ -55,4 +140,6 @@ def store(tmp_path, monkeypatch) -> str:
 @pytest.fixture(scope="session")
 def postgres() -> Postgres:
     """The PostgreSQL of ``make postgres-up``; its tests skip without one (and fail under CI=true)."""
+    from tests.support import find_postgres
+
     return find_postgres()

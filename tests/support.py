@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +23,12 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, open_dict
 from PIL import Image
 
 from ablation import schema
+from ablation.paths import CONF_DIR
 
 PROJECT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT.parent / "shared" / "data"
@@ -32,22 +39,64 @@ torch.set_num_threads(1)
 TINY = ["weights=random", "images.width=32", "run.iterations=3", "run.quiet=true", "run.checkpoint_every=0"]
 
 
-def store_env(folder: Path) -> dict[str, str]:
-    """Environment for a subprocess using a private sqlite store in ``folder`` and the report's pair."""
+def store_env(folder: Path, fresh: bool = False) -> dict[str, str]:
+    """Environment for a subprocess using a private sqlite store in ``folder`` and the report's pair. The store is
+    a copy of an empty one (:func:`sqlite_store`), or, when ``fresh``, none yet: the subprocess creates it."""
     env = dict(os.environ)
     env.pop("HYDRA_FULL_ERROR", None)
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}" if fresh else sqlite_store(folder)
     env["ABLATION_DATA_DIR"] = str(DATA_DIR)
     env["PYTHONPATH"] = str(PROJECT)
     env["OMP_NUM_THREADS"] = "1"
     return env
 
 
-def config(overrides: list[str]) -> dict[str, Any]:
+@functools.cache
+def _empty_store() -> Path:
+    """An MLflow sqlite store with no runs, at this MLflow's schema, made once per test process and deleted at exit."""
+    folder = Path(tempfile.mkdtemp(prefix="nst-ablation-empty-store-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()  # creates and migrates the tables
+    return folder / "mlflow.db"
+
+
+def sqlite_store(folder: Path) -> str:
+    """The URI of the sqlite store ``folder/mlflow.db``, a copy of an empty one when there is none yet.
+
+    MLflow creates a fresh store by running its migrations, 3-10 s on a busy 2-core machine; a copy takes
+    milliseconds. A test of a store made from nothing (jobs racing to create it) uses ``store_env(folder, fresh=True)``.
+    """
+    db = folder / "mlflow.db"
+    if not db.exists():
+        shutil.copyfile(_empty_store(), db)
+    return f"sqlite:///{db}"
+
+
+def composed(overrides: Sequence[str] = (), hydra: bool = False) -> DictConfig:
+    """conf/config.yaml with ``overrides``, as ``python -m ablation.run OVERRIDES`` composes it (raising what the
+    command line refuses); with Hydra's own node ``hydra`` (unresolved: it needs a running job) when asked."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def config(overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The resolved config ``python -m ablation.run OVERRIDES`` would run."""
-    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides)
-    return schema.plain(cfg)
+    return schema.plain(composed(overrides))
+
+
+def config_and_hydra(overrides: Sequence[str] = ()) -> tuple[DictConfig, DictConfig]:
+    """The composed config (typed by the schema's dataclasses; ``schema.plain`` makes it :func:`config`) and Hydra's
+    own node, apart (unresolved: it needs a running job to resolve)."""
+    cfg = composed(overrides, hydra=True)
+    hydra = cfg.hydra
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, hydra
+
+
+def config_for(variant: str = "original", **overrides: object) -> dict[str, Any]:
+    """:func:`config` of ``variant`` with random weights and dotted keys, e.g. ``**{"run.iterations": 3}``."""
+    return config([f"variant={variant}", "weights=random", *(f"{k}={v}" for k, v in overrides.items())])
 
 
 def tiny_images(folder: Path, size_px: int = 16) -> tuple[Path, Path]:
@@ -82,12 +131,14 @@ def sweep_command(sweep_dir: Path, *overrides: str) -> list[str]:
     return [PYTHON, "-m", "ablation.run", "-m", *tiny, f"hydra.sweep.dir={sweep_dir}", *overrides]
 
 
-def run_sweep(folder: Path, name: str, *overrides: str, timeout_s: float = 240) -> subprocess.CompletedProcess:
-    """Run a sweep to its end in a subprocess (cwd = ``folder``), with the store in ``folder``."""
+def run_sweep(
+    folder: Path, name: str, *overrides: str, timeout_s: float = 240, fresh: bool = False
+) -> subprocess.CompletedProcess:
+    """Run a sweep to its end in a subprocess (cwd = ``folder``), with the store in ``folder`` (:func:`store_env`)."""
     return subprocess.run(
         sweep_command(folder / name, *overrides),
         cwd=folder,
-        env=store_env(folder),
+        env=store_env(folder, fresh),
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -130,6 +181,9 @@ def make_server(
     id, once /health answers; stopped (the whole group) afterwards. ``make_args`` (``STORE_URI=...``,
     ``SERVER_WORKERS=4``, ``SERVER_AUTH=1``) and ``env`` (``PGPASSFILE``, the admin's password) go to make."""
     port = port or free_port()
+    if not (folder / "store").exists():
+        (folder / "store").mkdir()
+        sqlite_store(folder / "store")  # the server's store, at the schema already
     proc = start_server(folder, port, *make_args, env=env)
     try:
         yield f"http://127.0.0.1:{port}", proc.pid

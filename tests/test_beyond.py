@@ -93,7 +93,7 @@ def test_two_scale_run_logs_each_scale_and_the_colour_preserved_image(store, tmp
     from mlflow.tracking import MlflowClient
 
     from ablation.job import execute
-    from tests.test_spec import config_for
+    from tests.support import config_for
 
     overrides = {
         "run.scales": "[32,48]", "run.scale_iterations": "[3,2]", "run.quiet": "true", "run.checkpoint_every": 0,

@@ -13,12 +13,12 @@ from ablation.engine.transfer import DivergenceError
 from ablation.job import execute
 from ablation.store import connection
 from ablation.store.runlog import REDACTED, RunLog
-from tests.support import config, run_overrides
+from tests.support import config, run_overrides, sqlite_store
 
 
 @pytest.fixture()
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path))
     return tmp_path
 
 

@@ -21,11 +21,10 @@ from hydra.core.override_parser.types import Override, ValueType
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from ablation import spec
+from ablation import schema, spec
 from ablation.engine.errors import UserError
 from ablation.paths import CONF_DIR
-from tests.support import PROJECT
-from tests.test_schema import composed
+from tests.support import PROJECT, config_and_hydra
 
 DOC_FILES = (PROJECT / "README.md", *sorted((PROJECT / "docs").glob("*.md")))
 RUN = "python -m ablation.run"
@@ -143,8 +142,8 @@ def plan(overrides: list[str], axes_of_config: dict[str, str]) -> tuple[tuple[st
 @cache
 def check_job(overrides: tuple[str, ...]) -> dict[str, str]:
     """Compose one job with Hydra and the schema, check it with spec; the sweeper's axes of its config."""
-    config, hydra = composed(list(overrides))
-    spec.from_config(config)
+    config, hydra = config_and_hydra(overrides)
+    spec.from_config(schema.plain(config))
     return dict(hydra.sweeper.get("params") or {})
 
 
@@ -169,7 +168,12 @@ def check(command: Documented) -> int:
     return 1 + len(alone)
 
 
-@pytest.mark.parametrize("command", every_documented(), ids=lambda c: c.where)
+@pytest.mark.parametrize(
+    "command",
+    # a make line starts make (make -n): slow
+    [pytest.param(c, marks=pytest.mark.slow) if c.text.startswith("make ") else c for c in every_documented()],
+    ids=lambda c: c.where,
+)
 def test_documented_command_composes(command: Documented) -> None:
     try:
         assert check(command) >= 1
@@ -203,6 +207,7 @@ and `make sweep EXPERIMENT=table1 SIZE=64 SEEDS=0`.
 """
 
 
+@pytest.mark.slow  # make -n
 def test_the_extractor_finds_each_command_of_a_page() -> None:
     """Five commands: inline code, a fenced line continued with a backslash, two more fenced lines, inline make;
     ``make report`` is not one (it composes nothing)."""
@@ -214,6 +219,7 @@ def test_the_extractor_finds_each_command_of_a_page() -> None:
                                                    "run.seed=0"]  # fmt: skip
 
 
+@pytest.mark.slow  # make -n
 def test_a_bad_documented_command_fails() -> None:
     """An unknown variant inside a sweep, a misspelt key, a value spec refuses and an unknown experiment each
     fail; the good sweep of table1 takes six composes: the command, then each of table1's five variants."""

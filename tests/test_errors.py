@@ -8,6 +8,7 @@ the single line and the absence of a traceback.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from mlflow.tracking import MlflowClient
 
 from ablation.engine import memory
+from ablation.engine.errors import UserError
 from ablation.engine.images import ImageError
 from ablation.engine.inputs import DataError
 from ablation.engine.memory import MemoryEstimateError, planned_sizes, transfer_bytes
@@ -32,7 +33,7 @@ from ablation.paths import variant_names
 from ablation.run import _CLI_MARK, USER_ERRORS, debug_requested, one_line
 from ablation.spec import SpecError, from_config
 from ablation.store.connection import TrackingError
-from tests.support import PROJECT, PYTHON, config, free_port, run_overrides, store_env
+from tests.support import PROJECT, PYTHON, composed, config, free_port, run_overrides, sqlite_store, store_env
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One store per module holding one finished run, which no refused run may disturb."""
     folder = tmp_path_factory.mktemp("store")
     old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = sqlite_store(folder)
     execute(config(run_overrides(folder, 2)))
     yield folder
     if old is None:
@@ -64,21 +65,36 @@ def refused(store: Path, extra: list[str], error: type, pattern: str) -> str:
     return message
 
 
-@pytest.mark.parametrize(
-    ("override", "pattern"),
-    [
-        ("run.iterations=0", r"run\.iterations=0 must be > 0"),
-        ("run.iterations=-3", r"run\.iterations=-3 must be > 0"),
-        ("loss.style_weight=-1", r"loss\.style_weight=-1\.0 must be >= 0"),
-        ("loss.tv_weight=-0.5", r"loss\.tv_weight=-0\.5 must be >= 0"),
-        ("optim.lr=0", r"optim\.lr=0\.0 must be > 0"),
-        ("loss.content_blend=1.5", r"loss\.content_blend=1\.5 must be in \[0, 1\]"),
-        ("run.init_noise_blend=-0.1", r"run\.init_noise_blend=-0\.1 must be in \[0, 1\]"),
-        ("images.style_blend=[0]", r"images\.style_blend=\[0\.0\] sums to 0"),
-    ],
+#: The refusal of a final layer vgg16 lacks names the ones it has.
+NO_RELU5_4 = (
+    "variant.final_layer='relu5_4': vgg16 has no such layer; choose one of relu1_1, relu1_2, relu2_1, "
+    "relu2_2, relu3_1, relu3_2, relu3_3, relu4_1, relu4_2, relu4_3, relu5_1, relu5_2, relu5_3"
 )
-def test_bad_numbers_are_refused(store: Path, override: str, pattern: str) -> None:
-    refused(store, [override], SpecError, pattern)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "pattern"),
+    [
+        (["run.iterations=0"], SpecError, r"run\.iterations=0 must be > 0"),
+        (["run.iterations=-3"], SpecError, r"run\.iterations=-3 must be > 0"),
+        (["loss.style_weight=-1"], SpecError, r"loss\.style_weight=-1\.0 must be >= 0"),
+        (["loss.tv_weight=-0.5"], SpecError, r"loss\.tv_weight=-0\.5 must be >= 0"),
+        (["optim.lr=0"], SpecError, r"optim\.lr=0\.0 must be > 0"),
+        (["loss.content_blend=1.5"], SpecError, r"loss\.content_blend=1\.5 must be in \[0, 1\]"),
+        (["run.init_noise_blend=-0.1"], SpecError, r"run\.init_noise_blend=-0\.1 must be in \[0, 1\]"),
+        (["images.style_blend=[0]"], SpecError, r"images\.style_blend=\[0\.0\] sums to 0"),
+        (["images.style_blend=[0,0]", "images.styles=[a.jpg,b.jpg]"], SpecError, r"sums to 0"),
+        (["images.width=-3"], SpecError, r"images\.width=-3 must be > 0"),
+        (["variant.arch=vgg16", "variant.final_layer=relu5_4"], UserError, re.escape(NO_RELU5_4)),
+        (["optim=lbfgs", "run.seeds=[0,1]"], SpecError, r"L-BFGS's history would couple the seeds"),
+        (["run.seeds=[0,0]"], SpecError, r"run\.seeds=\[0, 0\] repeats a seed"),
+        (["run.seeds=[]"], SpecError, r"run\.seeds is empty"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else getattr(value, "__name__", "match"),
+)
+def test_bad_values_are_refused_naming_the_value(store: Path, overrides: list[str], error: type, pattern: str) -> None:
+    """The spec's checks, and the network's check of the final layer (a UserError the spec raises)."""
+    refused(store, overrides, error, pattern)
 
 
 def test_missing_and_unreadable_images(store: Path, tmp_path: Path) -> None:
@@ -188,9 +204,8 @@ def test_unreachable_tracking_server_fails_before_computing(tmp_path: Path, monk
 
 
 def test_unknown_variant_lists_the_choices_in_one_line() -> None:
-    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
-        with pytest.raises(HydraException) as caught:
-            compose("config", ["variant=nope"])
+    with pytest.raises(HydraException) as caught:
+        composed(["variant=nope"])
     assert one_line(caught.value) == (
         f"variant=nope is not a choice: choose one of {', '.join(variant_names())} (or add conf/variant/nope.yaml)"
     )
@@ -198,10 +213,15 @@ def test_unknown_variant_lists_the_choices_in_one_line() -> None:
 
 def cli(args: list[str], folder: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [PYTHON, "-m", "ablation.run", *args], cwd=PROJECT, env=store_env(folder) | env, capture_output=True, text=True
+        [PYTHON, "-m", "ablation.run", *args],
+        cwd=PROJECT,
+        env=store_env(folder, fresh=True) | env,
+        capture_output=True,
+        text=True,
     )
 
 
+@pytest.mark.slow
 def test_cli_unknown_variant_and_bad_value_one_line_exit_2(tmp_path: Path) -> None:
     done = cli(run_overrides(tmp_path) + ["variant=nope"], tmp_path)
     assert done.returncode == 2
@@ -225,13 +245,10 @@ def test_traceback_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not debug_requested({"run": {}})
 
 
+@pytest.mark.slow
 def test_cli_final_layer_the_architecture_lacks_is_one_line_and_an_unread_one_one_warning(tmp_path: Path) -> None:
     done = cli(run_overrides(tmp_path) + ["variant=vgg16", "variant.final_layer=relu5_4"], tmp_path)
-    assert (done.returncode, done.stderr.strip()) == (
-        2,
-        "error: variant.final_layer='relu5_4': vgg16 has no such layer; choose one of relu1_1, relu1_2, relu2_1, "
-        "relu2_2, relu3_1, relu3_2, relu3_3, relu4_1, relu4_2, relu4_3, relu5_1, relu5_2, relu5_3",
-    )
+    assert (done.returncode, done.stderr.strip()) == (2, f"error: {NO_RELU5_4}")
     done = cli(run_overrides(tmp_path, 2) + ["variant=tanh_last_relu", "judge.enabled=false"], tmp_path)
     warned = [line for line in (done.stdout + done.stderr).splitlines() if "changes nothing" in line]  # Hydra: stdout
     assert done.returncode == 0 and len(warned) == 1, done.stderr

@@ -8,10 +8,11 @@ from mlflow.tracking import MlflowClient
 
 from ablation.store import heartbeat, lookup, outbox
 from ablation.store.runlog import RunLog
+from tests.support import sqlite_store
 
 
 def store(tmp_path: Path, monkeypatch) -> tuple[MlflowClient, str]:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = MlflowClient(uri)
     return client, client.create_experiment("beats")
@@ -86,7 +87,7 @@ def test_a_checkpoint_is_never_stored_ahead_of_the_step_metrics_it_follows(tmp_p
     from ablation.job import execute
     from tests.support import config, run_overrides
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     stored_at_upload: dict[int, list[int]] = {}
     real_send = outbox.send

@@ -1,9 +1,14 @@
-"""The Makefile: every target says what it does in `make help`, and `make bench` runs the benchmark."""
+"""The Makefile: every target says what it does in `make help`, `make bench` runs the benchmark, and
+`make test-fast` the tests not marked slow."""
 
 import re
 import subprocess
 
+import pytest
+
 from tests.support import PROJECT
+
+pytestmark = pytest.mark.slow  # starts make (see pyproject's markers)
 
 
 def make(*args: str) -> str:
@@ -13,6 +18,11 @@ def make(*args: str) -> str:
 
 def test_make_bench_runs_the_benchmark() -> None:
     assert "-m ablation.bench" in make("-n", "bench", "BENCH_ARGS=--quick")
+
+
+def test_make_test_fast_runs_the_tests_not_marked_slow_and_make_test_all() -> None:
+    assert '-m "not slow" tests' in make("-n", "-o", "install", "test-fast")
+    assert "-m pytest" in make("-n", "-o", "install", "test") and "not slow" not in make("-n", "-o", "install", "test")
 
 
 def test_make_help_lists_every_target_with_its_description() -> None:

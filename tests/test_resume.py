@@ -25,14 +25,14 @@ from ablation.job import execute
 from ablation.spec import from_config
 from ablation.stopping import Interrupted, StopRequest
 from ablation.store.lookup import find_resumable
-from tests.support import PROJECT, PYTHON, config, run_overrides, store_env
+from tests.support import PROJECT, PYTHON, config, run_overrides, sqlite_store, store_env
 
 ITERATIONS = 8
 
 
 @pytest.fixture()
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path))
     return tmp_path
 
 
@@ -92,6 +92,7 @@ def test_resume_without_a_checkpoint_starts_afresh(store: Path) -> None:
     assert MlflowClient().get_run(results["run_id"]).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_run_killed_with_a_checkpoint(tmp_path: Path) -> None:
     """A real SIGTERM (what SLURM preemption sends) to ``python -m ablation.run`` mid-loop."""
     overrides = run_overrides(tmp_path, 300)[:-2] + ["run.checkpoint_every=2", "run.device=cpu"]

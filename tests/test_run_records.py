@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from ablation.engine import ENGINE_VERSION
 from ablation.job import execute
 from ablation.record import IMAGE_SERIES_KEY, resumed_hardware_class
-from tests.support import PROJECT, config, run_overrides
+from tests.support import PROJECT, config, run_overrides, sqlite_store
 
 MACHINE_PARAMS = (
     "cpu_model",
@@ -33,7 +33,7 @@ def recorded_run(tmp_path_factory):
     """One CPU run of 6 steps with a checkpoint every 2, read back from its own store."""
     folder = tmp_path_factory.mktemp("records")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+        patch.setenv("MLFLOW_TRACKING_URI", sqlite_store(folder))
         overrides = [o for o in run_overrides(folder, 6) if not o.startswith("run.checkpoint_every")]
         results = execute(config(overrides + ["run.checkpoint_every=2"]))
         client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")

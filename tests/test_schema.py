@@ -1,35 +1,26 @@
 """The schema: every file in conf/ composes, every key it yields is the schema's and classified as changing
-results or not, and the algorithm's defaults are upstream's, read from the engine's own dataclasses."""
+results or not, and the algorithm's defaults are upstream's, read from the engine's own dataclasses and the spec."""
 
 from __future__ import annotations
 
 from dataclasses import is_dataclass
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from ablation import schema
 from ablation.engine.losses import LossWeights
 from ablation.engine.network import NetworkSpec
 from ablation.engine.transfer import AdamSettings
 from ablation.paths import CONF_DIR
+from ablation.spec import from_config
 from ablation.store.runlog import flatten
+from tests.support import composed, config_and_hydra, config_for
 
 GROUP_FILES = {group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) for group in ("variant", "optim",
-               "weights", "images", "experiment")}  # fmt: skip
+               "weights", "images", "experiment", "condition")}  # fmt: skip
 NEEDS_PATH = {"matconvnet", "file"}
-
-
-def composed(overrides: list[str]) -> tuple[DictConfig, DictConfig]:
-    """The config and Hydra's own node (unresolved: it needs a running job to resolve)."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    hydra = cfg.hydra
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg, hydra
 
 
 def every_file() -> list[list[str]]:
@@ -50,7 +41,7 @@ def untyped_sections(node: DictConfig, path: str = "") -> list[str]:
 @pytest.mark.parametrize("overrides", every_file(), ids=lambda o: o[0])
 def test_every_file_in_conf_composes_and_every_key_is_classified(overrides: list[str]) -> None:
     """Every section is the schema's, so a key outside it is refused, and the schema says whether it is neutral."""
-    cfg, hydra = composed(overrides)
+    cfg, hydra = config_and_hydra(overrides)
     assert untyped_sections(cfg) == []
     if overrides[0] == "hydra/launcher=slurm":
         assert hydra.launcher._target_.endswith("SlurmLauncher")
@@ -70,12 +61,12 @@ def test_result_neutral_keys_are_exactly_these() -> None:
         "run.status_every", "run.heartbeat_limit_s", "run.tracking_outage_s", "tracking.unsent_dir",
     }  # fmt: skip
     # each is a key some composed config holds: the fingerprint leaves out real keys, not misspelt ones
-    held = {key for overrides in every_file() for key in flatten(schema.plain(composed(overrides)[0]))}
+    held = {key for overrides in every_file() for key in flatten(schema.plain(config_and_hydra(overrides)[0]))}
     assert schema.RESULT_NEUTRAL_KEYS < held
 
 
 def test_defaults_are_the_engines_which_are_upstreams() -> None:
-    config = schema.plain(composed([])[0])
+    config = schema.plain(config_and_hydra([])[0])
     assert config["loss"] == {k: float(v) for k, v in vars(LossWeights()).items()}
     assert (LossWeights().content_weight, LossWeights().style_weight, LossWeights().tv_weight) == (5.0, 500.0, 100.0)
     adam = {k: v for k, v in config["optim"].items() if k != "name"}
@@ -86,3 +77,9 @@ def test_defaults_are_the_engines_which_are_upstreams() -> None:
         "final_layer": "relu5_1",
     }  # fmt: skip
     assert config["run"]["iterations"] == 1000 and config["images"]["width"] is None
+    # and the spec built from them
+    spec = from_config(config_for())
+    assert (spec.loss.content_weight, spec.loss.style_weight, spec.loss.tv_weight) == (5.0, 500.0, 100.0)
+    assert (spec.optim.lr, spec.optim.beta1, spec.optim.beta2, spec.optim.eps) == (10.0, 0.9, 0.999, 1e-8)
+    assert spec.iterations == 1000 and spec.init == "noise" and spec.last_layer == "relu5_1"
+    assert spec.images.width is None and spec.images.style_scales == (1.0,)

@@ -23,6 +23,8 @@ from ablation.report.__main__ import main as report_main
 from ablation.store import server as launcher
 from tests.support import PROJECT, PYTHON, make_server, run_overrides, store_env
 
+pytestmark = pytest.mark.slow  # starts processes (see pyproject's markers)
+
 #: launcher name -> extra Hydra arguments for ``python -m ablation.run -m``
 SWEEPS: dict[str, list[str]] = {"submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]}
 

@@ -136,6 +136,7 @@ def resumed(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_killed_sweep_reruns_only_the_missing_jobs(resumed):
     killed = len(resumed["done_before_kill"])
     assert 1 <= killed < 4, "the first sweep should be killed midway"
@@ -157,6 +158,7 @@ def test_killed_sweep_reruns_only_the_missing_jobs(resumed):
     }
 
 
+@pytest.mark.slow
 def test_repeated_sweep_launches_nothing(resumed):
     assert resumed["third"].returncode == 0, resumed["third"].stderr[-2000:]
     jobs = parent_jobs(resumed["folder"], resumed["folder"] / "again")
@@ -165,6 +167,7 @@ def test_repeated_sweep_launches_nothing(resumed):
     assert "4 jobs, 0 ran, 4 skipped" in resumed["third"].stderr
 
 
+@pytest.mark.slow
 def test_the_parent_run_shows_overrides_as_params_counts_as_metrics_and_no_job_tags(resumed):
     """What the MLflow UI's overview of the sweep shows: its overrides and counts; job records are artifacts."""
     parent_id = json.loads((resumed["folder"] / "again" / PARENT_FILE).read_text())["parent_run_id"]
@@ -178,6 +181,7 @@ def test_the_parent_run_shows_overrides_as_params_counts_as_metrics_and_no_job_t
     assert records == [f"job-000{n}.json" for n in range(4)]
 
 
+@pytest.mark.slow
 def test_report_of_the_repeated_sweep_has_every_variant_and_seed(resumed, monkeypatch):
     folder = resumed["folder"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
@@ -194,29 +198,45 @@ def test_report_of_the_repeated_sweep_has_every_variant_and_seed(resumed, monkey
         assert (out / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_parallel_jobs_on_a_fresh_store_lose_nothing_and_a_failed_job_stops_no_other(tmp_path):
-    # Four jobs, two at a time, on a store that does not exist yet; images.width=8 is too small for the
-    # network, so those two jobs fail at set-up while the others run: the sweep ends non-zero and names them.
+    # Eight jobs, two at a time (joblib's process pool), on a store that does not exist yet, into two experiments
+    # that the jobs create: the first two both want exp-A, the next two exp-B. images.width=8 is too small for the
+    # network, so those four jobs fail at set-up while the others run: the sweep ends non-zero and names them.
+    # Without the store lock the jobs race to create the experiments; without explicit experiment ids a run can
+    # land under Default.
     result = run_sweep(
         tmp_path,
         "parallel",
         "variant=original,avg_pool",
+        "tracking.experiment=exp-A,exp-B",
         "images.width=32,8",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
+        timeout_s=400,
+        fresh=True,
     )
     assert result.returncode == 1, result.stderr[-2000:]
-    assert "4 jobs, 2 ran, 0 skipped" in result.stderr and "2 failed" in result.stderr
-    assert result.stderr.count("images.width=8") >= 2  # the summary names both failed jobs
+    assert "8 jobs, 4 ran, 0 skipped" in result.stderr and "4 failed" in result.stderr
+    assert result.stderr.count("images.width=8") >= 4  # the summary names every failed job
     client = client_for(tmp_path)
-    runs = finished_runs(client)
-    assert sorted(r.data.tags["variant"] for r in runs) == ["avg_pool", "original"]
-    assert client.search_runs(["0"]) == []  # concurrent set_experiment would have filed runs under Default
+    experiments = {e.name: e.experiment_id for e in client.search_experiments()}
+    assert set(experiments) == {"Default", "nst-ablation", "exp-A", "exp-B"}  # nst-ablation: the parent run
+    assert client.search_runs([experiments["Default"]]) == []
     jobs = parent_jobs(tmp_path, tmp_path / "parallel")
-    assert sorted(j["status"] for j in jobs.values()) == ["failed", "failed", "finished", "finished"]
-    assert all(len(client.get_metric_history(r.info.run_id, "total")) == 4 for r in runs)  # steps 0..3
+    assert sorted(j["status"] for j in jobs.values()) == ["failed"] * 4 + ["finished"] * 4
+    finished_ids = []
+    for name in ("exp-A", "exp-B"):
+        runs = client.search_runs([experiments[name]])
+        assert sorted(r.data.tags["variant"] for r in runs) == ["avg_pool", "original"]
+        assert all(r.data.params["tracking.experiment"] == name for r in runs)  # each in the experiment it asked for
+        assert all(r.info.status == "FINISHED" and "final_total" in r.data.metrics for r in runs)
+        assert all(len(client.get_metric_history(r.info.run_id, "total")) == 4 for r in runs)  # steps 0..3
+        finished_ids += [r.info.run_id for r in runs]
+    assert sorted(finished_ids) == sorted(j["run_id"] for j in jobs.values() if j["status"] == "finished")
 
 
+@pytest.mark.slow
 def test_single_run_is_not_a_sweep_job_and_bad_input_is_one_line(tmp_path):
     # Outside -m the callback and run.main must not look for a sweep; a bad value is one line and exit code 2.
     command = [sys.executable, "-m", "ablation.run", "weights=random", "images.width=8", f"hydra.run.dir={tmp_path}/h"]

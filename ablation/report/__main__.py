@@ -17,8 +17,9 @@ ARTIFACT_FOLDER = "report"
 
 DESCRIPTION = """\
 Write the report of one sweep: Tables 1 and 2 of the report measured beside its own figures, the common judge,
-"Does the report hold?" (each claim of its Section 3.1 with three verdicts), runtimes by hardware class, the
-readings of the ambiguous variants (after experiment=readings), an image grid and loss curves.
+"Does the report hold?" (each claim of its Section 3.1 with three verdicts), "Where do the claims hold?" (after
+experiment=conditions: each claim per condition, Holm-adjusted, stated magnitudes, seeds needed), runtimes by
+hardware class, the readings of the ambiguous variants (after experiment=readings), an image grid and loss curves.
 
 Reads the MLflow store (MLFLOW_TRACKING_URI, default runs/mlflow.db) and writes OUT/<sweep id>/: report.md,
 report.html (self-contained), grid.png, curves.png and one CSV per table (claims.csv, table1.csv, ...); then logs

@@ -129,25 +129,37 @@ def one_hardware_class(runs: pd.DataFrame, variants: list[str]) -> str | None:
     return candidates[0] if candidates else None
 
 
-def on_runs(claim: pd.Series, runs: pd.DataFrame, column: str | None) -> tuple[str, Comparison | None, str]:
-    """The claim on the sweep's runs, by ``column``: (verdict, binding comparison, hardware class of runtimes)."""
+def measured_values(
+    claim: pd.Series, runs: pd.DataFrame, column: str | None
+) -> tuple[str | None, dict[str, np.ndarray], str]:
+    """Per-seed values of ``column`` for the claim's variant and each it is compared with (in that order), and the
+    hardware class of runtimes; or, first, why the claim cannot be measured on these runs (then no values)."""
     if column is None:
-        return NO_JUDGE, None, ""
+        return NO_JUDGE, {}, ""
     involved = [claim["variant"], *versus_variants(claim)]
     missing = [v for v in involved if v not in set(runs["variant"])]
     if missing:
-        return f"not measured (no runs of {', '.join(missing)})", None, ""
+        return f"not measured (no runs of {', '.join(missing)})", {}, ""
     hardware = ""
     if claim["quantity"] == "runtime":
         hardware = one_hardware_class(runs, involved)
         if hardware is None:
-            return f"{INCONCLUSIVE} (no one hardware class ran all of {', '.join(involved)})", None, ""
+            return f"{INCONCLUSIVE} (no one hardware class ran all of {', '.join(involved)})", {}, ""
         runs = runs[runs[HARDWARE_TAG] == hardware]
     values = {v: runs.loc[runs["variant"] == v, column].dropna().to_numpy(float) for v in involved}
     unmeasured = [v for v in involved if not len(values[v])]
     if unmeasured:  # runs older than the metric (the judge's, as a rule)
-        return f"not measured (no {column} in runs of {', '.join(unmeasured)})", None, hardware
-    comparisons = [compare(values[claim["variant"]], values[v], v, claim["relation"]) for v in involved[1:]]
+        return f"not measured (no {column} in runs of {', '.join(unmeasured)})", {}, hardware
+    return None, values, hardware
+
+
+def on_runs(claim: pd.Series, runs: pd.DataFrame, column: str | None) -> tuple[str, Comparison | None, str]:
+    """The claim on the sweep's runs, by ``column``: (verdict, binding comparison, hardware class of runtimes)."""
+    unmeasured, values, hardware = measured_values(claim, runs, column)
+    if unmeasured is not None:
+        return unmeasured, None, hardware
+    own, *others = values
+    comparisons = [compare(values[own], values[v], v, claim["relation"]) for v in others]
     return (*combine(comparisons, claim["relation"]), hardware)
 
 

@@ -7,7 +7,7 @@ hardware: each row carries its ``hardware_class`` ("unknown" for runs older than
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -59,7 +59,8 @@ class Sweep:
     sweep_id: str
     parent: Run
     jobs: dict[int, dict]
-    runs: pd.DataFrame  # variant, seed, run_id, job_status, hardware_class, metrics, params
+    runs: pd.DataFrame  # variant, seed, run_id, job_status, condition, hardware_class, metrics, params
+    params: dict[str, dict[str, str]] = field(default_factory=dict)  # run id -> every param (what a condition set)
 
 
 def find_parent(experiment_id: str, wanted: str | None) -> Run:
@@ -85,6 +86,7 @@ def run_row(run: Run, job_num: int, job: dict[str, Any]) -> dict[str, Any]:
         "seed": int(tags.get("seed", job.get("seed"))),
         "run_id": run.info.run_id,
         "job_status": job["status"],
+        "condition": job.get("condition", ""),  # a file of conf/condition/ (experiment=conditions), else ""
         "run_status": run.info.status,
         HARDWARE_TAG: tags.get(HARDWARE_TAG) or UNKNOWN_HARDWARE,
         **{m: run.data.metrics.get(m, float("nan")) for m in METRICS},
@@ -97,18 +99,25 @@ def run_row(run: Run, job_num: int, job: dict[str, Any]) -> dict[str, Any]:
 def load_sweep(parent: Run) -> Sweep:
     """The runs the sweep's jobs ran or reused (skipped jobs point to the earlier run with their fingerprint)."""
     jobs = sweeps.read_job_records(parent.info.run_id)
-    rows = [
-        run_row(reader.get_run(job["run_id"]), num, job)
+    found = {
+        num: (reader.get_run(job["run_id"]), job)
         for num, job in sorted(jobs.items())
         if (status := status_of(job)) is not None and status.has_run and job.get("run_id")
-    ]
+    }
+    rows = [run_row(run, num, job) for num, (run, job) in found.items()]
+    params = {run.info.run_id: dict(run.data.params) for run, _ in found.values()}
     sweep_id = parent.data.tags.get("sweep_id", parent.info.run_id)
     if not rows:
         raise ReportError(f"sweep {sweep_id} has no finished runs yet: let it finish, or re-run it to fill the gaps")
     frame = pd.DataFrame(rows)
-    order = {v: i for i, v in enumerate(variant_order(list(frame["variant"].unique())))}
-    frame = frame.sort_values(["variant", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c)
-    return Sweep(sweep_id, parent, jobs, frame.reset_index(drop=True))
+    order = {
+        "variant": {v: i for i, v in enumerate(variant_order(list(frame["variant"].unique())))},
+        "condition": {c: i for i, c in enumerate(dict.fromkeys(frame.sort_values("job")["condition"]))},  # the sweep's
+    }
+    frame = frame.sort_values(
+        ["variant", "condition", "seed"], key=lambda c: c.map(order[c.name]) if c.name in order else c
+    )
+    return Sweep(sweep_id, parent, jobs, frame.reset_index(drop=True), params)
 
 
 def tuned_runs(experiment_id: str, iterations: str, content_size: str) -> pd.DataFrame:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ablation.paths import REPORTED_DIR
 from ablation.report.formats import markdown_table
 from ablation.report.quantities import LOSSES
 from ablation.report.variants import label, named, reported_table, reported_variants, variant_order
@@ -16,9 +17,12 @@ WHY = (
     "ReLU, after every conv; the same for VGG16), and each reading is a variant file. A variant's pattern is its four "
     "final losses divided by `original`'s (means over seeds, each by the variant's own network, as the report "
     "measured). The distance between two patterns is the root mean square of the differences of their log-ratios: "
-    "0 is the same pattern, 0.1 about 10% apart per loss. For each variant of the report, the measured variant whose "
-    "pattern lies closest to the reported one is named: with real weights that is the likeliest reading; with random "
-    "weights the section only shows the machinery."
+    "0 is the same pattern, 0.1 about 10% apart per loss. For each of the report's ambiguous variants, its readings "
+    "(`ablation/reported/readings.csv`, all of its network) are ranked, and the closest is named only when it is "
+    "closer than the next by more than the seeds' spread of the two distances (each seed's pattern against "
+    "`original`'s means; the spread of the gap is the root sum of squares of their standard deviations); else no "
+    "reading stands out. With real weights a named reading is the likeliest; with random weights the section only "
+    "shows the machinery. The other variants' distances stand as context, unranked."
 )
 
 
@@ -53,20 +57,40 @@ def distances(measured: pd.DataFrame, reported: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rms, index=measured.index, columns=reported.index)
 
 
-def architectures(runs: pd.DataFrame) -> dict[str, str]:
-    """Variant -> its network (param ``variant.arch``), for the variants whose runs say it."""
-    known = runs[runs["arch"].astype(str) != ""] if "arch" in runs else runs.iloc[:0]
-    return dict(zip(known["variant"], known["arch"], strict=True))
+def readings_of() -> dict[str, list[str]]:
+    """The report's ambiguous variants -> the variant files that read each (its own first), of its network."""
+    table = pd.read_csv(REPORTED_DIR / "readings.csv")
+    return {of: list(group["reading"]) for of, group in table.groupby("of", sort=False)}
 
 
-def closest(table: pd.DataFrame, arch: dict[str, str]) -> dict[str, str]:
-    """Report's variant -> the measured variant nearest its pattern among those of its architecture (a reading of
-    a VGG19 variant is a VGG19 network) when the sweep ran it and says so, else among all; ties: the table's order."""
-    found = {}
-    for reported in table.columns:
-        same = [v for v in table.index if reported not in arch or arch.get(v) == arch[reported]]
-        found[reported] = table.loc[same or list(table.index), reported].idxmin()
-    return found
+def seed_spreads(runs: pd.DataFrame, reported: pd.DataFrame) -> pd.DataFrame:
+    """Sample std over seeds (NaN for one seed) of each measured variant's distance to each reported pattern, a
+    seed's pattern being its losses over ``original``'s means (rows: variants but original; columns: the report's)."""
+    columns = [q.own for q in LOSSES]
+    original = runs.loc[runs["variant"] == "original", columns].mean().to_numpy(float)
+    others = runs[runs["variant"] != "original"]
+    per_seed = pd.DataFrame(others[columns].to_numpy(float) / original, columns=[q.name for q in LOSSES])
+    table = distances(per_seed, reported)
+    table.index = others["variant"].to_numpy()
+    return table.groupby(level=0).std(ddof=1)
+
+
+def standout(readings: list[str], table: pd.DataFrame, spread: pd.DataFrame, reported: str) -> tuple[str | None, str]:
+    """The reading of ``reported`` that stands out (or None) and the sentence saying so: the closest of the measured
+    readings when its distance is smaller than the next one's by more than the spread of that gap."""
+    ranked = sorted((v for v in readings if v in table.index), key=lambda v: table.loc[v, reported])
+    shown = ", ".join(f"{named(v)} {table.loc[v, reported]:.3f} ± {spread.loc[v, reported]:.3f}" for v in ranked)
+    if len(ranked) < 2:
+        ran = f"only {shown} ran" if ranked else "none ran"
+        return None, f"no reading stands out: {ran}, nothing to set it against"
+    best, runner_up = ranked[:2]
+    gap = table.loc[runner_up, reported] - table.loc[best, reported]
+    noise = float(np.hypot(spread.loc[best, reported], spread.loc[runner_up, reported]))
+    if not np.isfinite(noise):
+        return None, f"no reading stands out (one seed: no spread to weigh the gap of {gap:.3f} against): {shown}"
+    if gap <= noise:
+        return None, f"no reading stands out (gap {gap:.3f}, within the seeds' spread {noise:.3f}): {shown}"
+    return best, f"{named(best)}, closer than the next by {gap:.3f} (seeds' spread {noise:.3f}): {shown}"
 
 
 def readings_section(runs: pd.DataFrame) -> tuple[str, pd.DataFrame]:
@@ -77,23 +101,26 @@ def readings_section(runs: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     ratio_rows += [
         [f"{label(v)} (reported)", *(f"{reported.loc[v, q.name]:.3g}" for q in LOSSES)] for v in reported.index
     ]
-    nearest = closest(table, architectures(runs))
+    spread = seed_spreads(runs, reported)
+    found = {r: standout(readings, table, spread, r) for r, readings in readings_of().items()}
     distance_rows = [
-        [named(v), *(f"**{table.loc[v, r]:.3f}**" if nearest[r] == v else f"{table.loc[v, r]:.3f}" for r in table)]
+        [named(v), *(f"**{table.loc[v, r]:.3f}**" if found.get(r, [None])[0] == v else f"{table.loc[v, r]:.3f}"
+                     for r in table)]
         for v in table.index
-    ]
-    verdicts = [f"- closest to the report's {named(r)}: {named(m)} ({table.loc[m, r]:.3f})" for r, m in nearest.items()]
+    ]  # fmt: skip
+    verdicts = [f"- the report's {named(r)}: {sentence}" for r, (_, sentence) in found.items()]
     parts = [
         "Loss / original's loss (own networks, mean over seeds):",
         "",
         markdown_table(["Variant", *(q.name for q in LOSSES)], ratio_rows),
         "",
-        "Distance to each of the report's patterns (RMS of log-ratio differences; bold: the closest of the same "
-        "network, VGG19 or VGG16, when the sweep ran the report's variant):",
+        "Distance to each of the report's patterns (RMS of log-ratio differences; bold: a reading of the report's "
+        "ambiguous variant that stands out among its readings):",
         "",
         markdown_table(["Measured", *(label(r) for r in table.columns)], distance_rows),
         "",
         *verdicts,
     ]
-    frame = measured.add_prefix("ratio_").join(table.add_prefix("distance_")).rename_axis("variant").reset_index()
+    frame = measured.add_prefix("ratio_").join(table.add_prefix("distance_"))
+    frame = frame.join(spread[list(found)].add_prefix("distance_sd_")).rename_axis("variant").reset_index()
     return "\n".join(parts), frame

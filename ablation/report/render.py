@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablation.report import claims, figures, hardware, readings, tables
+from ablation.report import claims, conditions, figures, hardware, readings, tables
 from ablation.report.formats import markdown_table
 from ablation.report.html_page import markdown_to_html
 from ablation.report.load import Sweep, tuned_runs
@@ -104,6 +104,9 @@ def header(result: Sweep) -> str:
         lines += RANDOM_WEIGHTS_WARNING
     lines += hardware.mixed_hardware_warning(result)
     facts = header_facts(result)
+    if conditions.has_conditions(result.runs):
+        order = conditions.condition_order(result.runs)
+        facts.append(("Conditions", f"{', '.join(f'`{c}`' for c in order)} (tables and claims: `{order[0]}`)"))
     failed = [j for j in result.jobs.values() if (s := status_of(j)) is None or not s.has_run]
     if failed:
         errors = "; ".join(
@@ -155,10 +158,28 @@ def optional_sections(result: Sweep, runs: pd.DataFrame, out_dir: Path) -> list[
     return parts
 
 
+def reference_runs(result: Sweep) -> pd.DataFrame:
+    """The runs the single-setting sections read: with conditions, the first condition's (the reference)."""
+    if not conditions.has_conditions(result.runs):
+        return result.runs
+    return result.runs[result.runs["condition"] == conditions.condition_order(result.runs)[0]]
+
+
+def conditions_part(result: Sweep, runs: pd.DataFrame, out_dir: Path) -> list[str]:
+    """The section "Where do the claims hold?" for a sweep with conditions (its optimiser's runs, as above)."""
+    if not conditions.has_conditions(result.runs):
+        return []
+    reference = conditions.condition_order(result.runs)[0]
+    why = f"{conditions.WHY} The sections above and below are of the first condition, `{reference}`."
+    section_text, frame = conditions.conditions_section(runs, result.params)
+    return section("Where do the claims hold?", why, section_text, frame, out_dir, "conditions.csv")
+
+
 def report_markdown(result: Sweep, out_dir: Path) -> str:
     """Every section of the report, writing its CSVs and figures into ``out_dir`` on the way."""
     # the report's tables, claims and judge are about upstream's optimiser; other optimisers get their own table
-    runs = result.runs[result.runs["optim"] == "adam"] if result.runs["optim"].nunique() > 1 else result.runs
+    adam = result.runs[result.runs["optim"] == "adam"] if result.runs["optim"].nunique() > 1 else result.runs
+    runs = adam[adam["run_id"].isin(reference_runs(result)["run_id"])]
     parts = [header(result), "", *paper_sections(runs, out_dir)]
     judged = tables.judge_table(runs)
     parts += section("One judge for every variant", JUDGE_WHY, *judged, out_dir, "judge.csv")
@@ -166,13 +187,14 @@ def report_markdown(result: Sweep, out_dir: Path) -> str:
     parts += section(
         "Does the report hold?", CLAIMS_WHY, claims.claims_markdown(verdicts), verdicts, out_dir, "claims.csv"
     )
+    parts += conditions_part(result, adam, out_dir)
     parts += section("Runtimes by hardware class", RUNTIME_WHY, *hardware.runtime_table(runs), out_dir, "runtimes.csv")
     parts += optional_sections(result, runs, out_dir)
     figures.image_grid(runs, out_dir / "grid.png")
     figures.loss_curves(runs, out_dir / "curves.png")
     parts += ["## Images", "", "![content, style and each variant's output](grid.png)", ""]
     parts += ["## Loss curves", "", "![total loss against iteration, log scale](curves.png)", ""]
-    parts += section("Runs", "", tables.runs_table(runs), runs, out_dir, "runs.csv")
+    parts += section("Runs", "", tables.runs_table(adam), adam, out_dir, "runs.csv")  # every condition's
     return "\n".join(parts)
 
 

@@ -221,10 +221,13 @@ def tuned_table(trials: pd.DataFrame, runs: pd.DataFrame) -> tuple[str, pd.DataF
 
 
 def runs_table(runs: pd.DataFrame) -> str:
-    """One line per run: which variant and seed, where it came from, its totals, runtime and hardware class."""
+    """One line per run: which variant and seed (and condition, in a sweep with conditions), where it came from, its
+    totals, runtime and hardware class."""
+    conditioned = "condition" in runs and bool(runs["condition"].astype(str).ne("").any())
     body = [
         [
             named(r.variant),
+            *([f"`{r.condition}`"] if conditioned else []),
             str(r.seed),
             f"`{r.run_id}`",
             r.job_status,
@@ -235,5 +238,5 @@ def runs_table(runs: pd.DataFrame) -> str:
         ]
         for r in runs.itertuples()
     ]
-    header = ["Variant", "Seed", "MLflow run id", "In this sweep", "Final total", "Judge total", "Runtime", "Hardware"]
-    return markdown_table(header, body)
+    header = ["Variant", *(["Condition"] if conditioned else []), "Seed", "MLflow run id", "In this sweep"]
+    return markdown_table([*header, "Final total", "Judge total", "Runtime", "Hardware"], body)

@@ -88,6 +88,11 @@ def create_parent(experiment_id: str, name: str, stamp: str, sweep_dir: Path, ov
     return parent
 
 
+def tag_parent(parent: SweepRef, tags: Mapping[str, str]) -> None:
+    """Tags on the sweep's parent run (its pre-launch estimate)."""
+    client().log_batch(parent.parent_run_id, tags=tag_values(dict(tags)))
+
+
 def read_parent(sweep_dir: Path) -> SweepRef | None:
     """The sweep whose folder is ``sweep_dir`` (None when the folder has no parent file)."""
     path = sweep_dir / PARENT_FILE

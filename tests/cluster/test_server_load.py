@@ -25,6 +25,8 @@ from ablation.engine.transfer import LOSS_NAMES
 from tests.cluster.conftest import server_peak_mib
 from tests.support import make_server
 
+pytestmark = pytest.mark.slow  # starts processes (see pyproject's markers)
+
 WORKERS = 16
 STEPS = 1000
 SYNC_EVERY = 10

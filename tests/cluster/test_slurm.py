@@ -27,6 +27,8 @@ from ablation.run import execute
 from ablation.store import heartbeat, lookup
 from tests.support import DATA_DIR, PROJECT, PYTHON, config, job_records, using_store
 
+pytestmark = pytest.mark.slow  # starts processes (see pyproject's markers)
+
 #: What every job here runs (the report's pair at 32 px, random weights, the table2 experiment's variants).
 SIZE = ["EXPERIMENT=table2", "WEIGHTS=random", "SIZE=32", "SEEDS=0"]
 RESULTS = ("final_content", "final_style", "final_tv", "final_total")

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
 
-from ablation import schema
 from ablation.engine.backends import (
     configure_backends,
     native_bf16,
@@ -19,9 +16,6 @@ from ablation.engine.losses import LossWeights, gram
 from ablation.engine.network import NetworkSpec, VGGFeatures
 from ablation.engine.transfer import EngineOptions, compute_targets, initial_image, loss_terms
 from ablation.engine.weights import random_weights
-from ablation.paths import CONF_DIR
-from ablation.run import one_line
-from ablation.spec import SpecError, from_config
 
 
 @pytest.fixture
@@ -95,44 +89,6 @@ def test_bf16_runs_the_network_in_bf16_and_the_losses_in_fp32():
     assert float(deviation.max()) < 0.02
     assert float(deviation.min()) > 1e-4  # and bf16 really ran: the numbers are not fp32's
     assert torch.equal(bf16[:, 2], fp32[:, 2])  # tv reads the image, not the network: exactly fp32
-
-
-def _config(*overrides: str) -> dict:
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return schema.plain(compose("config", overrides=["weights=random", *overrides]))
-
-
-def test_spec_reads_the_speed_keys_and_seeds():
-    spec = from_config(_config("run.precision=tf32", "run.compile=true", "run.channels_last=true"))
-    assert spec.engine == EngineOptions(precision="tf32", channels_last=True, compile=True)
-    assert spec.seeds == (0,)
-    spec = from_config(_config("run.seeds=[3,1,2]"))
-    assert spec.seeds == (3, 1, 2) and spec.seed == 3
-
-
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("run.seeds=[0,0]", "run.seeds=[0, 0] repeats a seed"),
-        ("run.seeds=[]", "run.seeds is empty"),
-    ],
-)
-def test_spec_refuses_bad_speed_values(override: str, message: str):
-    with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        from_config(_config(override))
-
-
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("run.precision=fp16", "run.precision='fp16': choose one of fp32, tf32, bf16"),
-        ("run.seeds=[0.5]", "run.seeds[0]='0.5' is not an integer"),
-    ],
-)
-def test_schema_refuses_bad_speed_types_when_parsed(override: str, message: str):
-    with pytest.raises(HydraException) as caught:
-        _config(override)
-    assert one_line(caught.value) == message
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])

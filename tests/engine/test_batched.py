@@ -14,12 +14,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ablation import schema
 from ablation.engine.losses import LossWeights
 from ablation.engine.network import NetworkSpec, VGGFeatures
 from ablation.engine.transfer import TOTAL, Targets, compute_targets, initial_image, loss_terms, new_state, stylize
 from ablation.engine.weights import random_weights
-from ablation.paths import CONF_DIR
+from tests.support import config, run_overrides, sqlite_store
 
 SEEDS = (0, 1)
 
@@ -86,7 +85,6 @@ def test_each_seed_draws_its_own_noise():
 def test_batched_run_logs_one_mlflow_run_per_seed(tmp_path, monkeypatch):
     """``run.seeds=[0,1]``: two FINISHED runs, each tagged with its seed, whose final losses are those of
     that seed run alone through the same engine (average pooling, 1 step: rounding level, see above)."""
-    from hydra import compose, initialize_config_dir
     from PIL import Image
 
     from ablation import job
@@ -97,7 +95,7 @@ def test_batched_run_logs_one_mlflow_run_per_seed(tmp_path, monkeypatch):
     pixels = np.random.default_rng(0).integers(0, 256, size=(2, 40, 48, 3), dtype=np.uint8)
     for name, image in zip(("content.png", "style.png"), pixels, strict=True):
         Image.fromarray(image).save(tmp_path / name)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path))
     monkeypatch.chdir(tmp_path)  # a store other than the project's puts artifacts in ./mlruns
     overrides = [
         "weights=random",
@@ -111,17 +109,14 @@ def test_batched_run_logs_one_mlflow_run_per_seed(tmp_path, monkeypatch):
         "run.checkpoint_every=0",
         "tracking.experiment=batched",
     ]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-
-    config = schema.plain(cfg)
-    results = job.execute(config)
+    cfg = config(overrides)
+    results = job.execute(cfg)
 
     experiment_id, client = connection.open_store("batched"), connection.client()
     runs = {r.data.tags["seed"]: r for r in client.search_runs([experiment_id])}
     assert sorted(runs) == ["0", "1"]
     assert [r["run_id"] for r in results["seed_results"]] == [runs["0"].info.run_id, runs["1"].info.run_id]
-    spec = from_config(config)
+    spec = from_config(cfg)
     problem = prepare(spec, torch.device("cpu"))
     for seed, logged in runs.items():
         assert logged.info.status == "FINISHED"
@@ -136,9 +131,8 @@ def test_seeds_on_a_cpu_run_one_after_another_with_one_setup(tmp_path, monkeypat
     """``run.seeds=[0,1]`` on a CPU (``run.batch_seeds`` unset): two runs of batch size 1, the network and targets
     prepared once, and each seed's final losses exactly those of ``run.seed=<seed>`` alone."""
     from ablation import job
-    from tests.support import config, run_overrides
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path))
     prepared = []
     real_prepare = job.prepare
     monkeypatch.setattr(job, "prepare", lambda *args: prepared.append(args) or real_prepare(*args))

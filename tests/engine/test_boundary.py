@@ -7,6 +7,8 @@ module, by importing every engine module in a fresh interpreter and reading ``sy
 import subprocess
 import sys
 
+import pytest
+
 from ablation.paths import PROJECT_ROOT
 
 BANNED = ("mlflow", "hydra", "omegaconf")
@@ -19,6 +21,7 @@ def test_engine_has_the_modules_that_compute() -> None:
     )
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_engine_imports_neither_mlflow_hydra_nor_omegaconf() -> None:
     imports = "; ".join(f"import ablation.engine.{m}" for m in ENGINE_MODULES)
     probe = f"import sys; {imports}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"

@@ -4,35 +4,26 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from ablation import schema
 from ablation.engine import judge
 from ablation.engine.prepare import prepare
 from ablation.job import execute
 from ablation.report.quantities import JUDGE_METRICS
 from ablation.spec import from_config
-from tests.support import DATA_DIR, PROJECT
-
-TINY = ["weights=random", "images.width=32", "run.iterations=3", "run.quiet=true", "run.checkpoint_every=0"]
-
-
-def config(*overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
-        return schema.plain(compose("config", overrides=[*TINY, *overrides]))
+from tests.support import DATA_DIR, TINY, config, sqlite_store
 
 
 @pytest.fixture(autouse=True)
 def private_store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path))
     monkeypatch.setenv("ABLATION_DATA_DIR", str(DATA_DIR))
 
 
 def test_judge_of_an_original_run_equals_its_own_final_losses():
     # The judge is the original network with the same weights, inputs and loss weights, scoring the same
     # final image: its four numbers must be the run's own final losses, to the last bit.
-    results = execute(config("variant=original"))
+    results = execute(config([*TINY, "variant=original"]))
     assert results["status"] == "finished"
     for name in ("content", "style", "tv", "total"):
         assert results[f"judge_{name}"] == results[f"final_{name}"], name
@@ -42,7 +33,7 @@ def test_judge_of_an_original_run_equals_its_own_final_losses():
 
 
 def test_judge_scores_a_vgg16_run_with_vgg19_on_the_same_inputs():
-    spec = from_config(config("variant=vgg16_tanh"))
+    spec = from_config(config([*TINY, "variant=vgg16_tanh"]))
     problem = prepare(spec, torch.device("cpu"))
     weights = judge.judge_weights(problem)
     assert weights.arch == "vgg19" and weights.source == "random"

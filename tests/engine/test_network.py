@@ -2,7 +2,6 @@
 
 import logging
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -10,9 +9,8 @@ from torch import nn
 from ablation.engine.errors import UserError
 from ablation.engine.losses import LossWeights
 from ablation.engine.network import NetworkSpec, VGGFeatures, deepest, layer_names, layer_shapes
-from ablation.engine.transfer import TOTAL, compute_targets, initial_image, new_state, stylize
 from ablation.spec import from_config
-from tests.test_spec import config_for
+from tests.support import config_for
 
 #: The report's six variants, whose modules this file spells out by name
 VARIANTS = ["original", "avg_pool", "leaky_relu", "tanh_final", "vgg16", "vgg16_tanh"]
@@ -85,30 +83,6 @@ def test_final_layer_deeper_than_any_read_changes_no_module_and_warns(vgg19_rand
 def test_final_layer_the_architecture_lacks_is_refused_naming_the_choices(vgg19_random):
     with pytest.raises(UserError, match=r"='relu5_4': vgg16 has no such layer; choose one of relu1_1, .*, relu5_3$"):
         VGGFeatures(NetworkSpec(arch="vgg16", final_layer="relu5_4"), vgg19_random.convs, "relu5_1")
-
-
-def _losses(variant: str, weights, iterations: int = 4) -> np.ndarray:
-    """Losses [steps, 1, 4] of a few Adam steps of ``variant`` on a seeded 24x32 pair in pixel space."""
-    spec = from_config(config_for(variant))
-    net = VGGFeatures(spec.network, weights.convs, spec.last_layer)
-    noise = torch.Generator().manual_seed(1)
-    content = torch.randn(1, 3, 24, 32, generator=noise) * 60.0
-    style = torch.randn(1, 3, 32, 32, generator=noise) * 60.0
-    targets = compute_targets(net, content, [style], spec.loss)
-    state = new_state(initial_image(content, [0]))
-    return np.concatenate([p.losses for p in stylize(net, targets, state, iterations, sync_every=2)])
-
-
-@pytest.mark.parametrize(("reading", "reference"), [("tanh_last_relu", "original"), ("vgg16_tanh_last_relu", "vgg16")])
-def test_tanh_at_the_last_relu_equals_no_tanh_exactly(reading, reference, vgg19_random, vgg16_random):
-    """No loss reads relu5_4 (relu5_3 in VGG16): the network stops at relu5_1, so every loss of every step is
-    bitwise the reference's (rtol 0), and the loop really ran (the total falls)."""
-    weights = vgg16_random if reading.startswith("vgg16") else vgg19_random
-    reading_losses, reference_losses = _losses(reading, weights), _losses(reference, weights)
-    assert reading_losses.shape == (5, 1, 4)
-    np.testing.assert_array_equal(reading_losses, reference_losses)
-    assert reading_losses[-1, 0, TOTAL] < reading_losses[0, 0, TOTAL]
-    assert not np.array_equal(_losses("tanh_final", vgg19_random)[1:], _losses("original", vgg19_random)[1:])
 
 
 def test_leaky_slope_is_configurable(vgg19_random, vgg16_random):

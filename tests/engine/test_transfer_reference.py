@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from ablation.engine.weights import random_weights
 from ablation.job import execute
 from tests.engine.test_weights import write_matconvnet
-from tests.test_spec import config_for
+from tests.support import config_for
 
 TERMS = ("content", "style", "tv", "total")
 

@@ -40,6 +40,7 @@ class FakeRun:
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
     job_status: str = "finished"  # "skipped": reused from an earlier sweep
+    condition: str = ""  # the job's condition (experiment=conditions), recorded on the sweep as a job records it
 
 
 def make_images(folder: Path) -> Path:
@@ -100,6 +101,7 @@ def build_store(folder: Path, runs: list[FakeRun], sweep_id: str, overrides: str
         run_id = log_run(client, experiment_id, parent_id, job, fake, image)
         ids[run_id] = f"<{fake.variant}-s{fake.seed}>"
         record = {"status": fake.job_status, "run_id": run_id, "variant": fake.variant, "seed": fake.seed}
+        record |= {"condition": fake.condition} if fake.condition else {}
         sweeps.write_job_record(sweeps.SweepJob(sweeps.SweepRef(parent_id, sweep_id, experiment_id), job), record)
     client.set_terminated(parent_id, RunStatus.to_string(RunStatus.FINISHED), end_time=START_MS + 9000)
     ids[parent_id] = "<parent>"

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from ablation.report.__main__ import main as report_main
 from ablation.report.formats import format_cell, format_number, format_runtime, percent_change
 from tests.report.store import FakeRun, build_store
+from tests.support import sqlite_store
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "report"
 #: variant -> per seed: (content, style, tv, runtime_s); judge = own losses * 1.5 except for original
@@ -38,7 +39,7 @@ def build_golden_store(folder: Path) -> tuple[dict[str, str], str]:
 def written(tmp_path_factory):
     folder = tmp_path_factory.mktemp("report")
     old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = sqlite_store(folder)
     try:
         ids, parent_id = build_golden_store(folder)
         assert report_main(["--out", str(folder / "a")]) == 0

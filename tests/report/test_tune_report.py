@@ -7,6 +7,8 @@ from mlflow.tracking import MlflowClient
 from ablation.report.__main__ import main as report_main
 from tests.support import run_sweep, store_env
 
+pytestmark = pytest.mark.slow  # starts processes (see pyproject's markers)
+
 
 def test_tuning_and_optimizer_sections(tmp_path, monkeypatch):
     tuned = run_sweep(tmp_path, "tune", "experiment=tune", "variant=original", "hydra.sweeper.n_trials=3")
