@@ -40,7 +40,7 @@ TEST_WORKERS ?= 3
 FAST_WORKERS ?= 2
 XDIST = --dist loadscope --no-loadscope-reorder
 test: install  ## the whole suite (CPU, seeded random weights, images <= 64 px), on TEST_WORKERS=3 workers
-	$(PY) -m pytest -q -n $(TEST_WORKERS) $(XDIST) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(XDIST) --durations=15 tests
 
 test-fast: install  ## the tests that start no process (no sweep, server, make or SLURM): the edit-test loop
 	$(PY) -m pytest -q -n $(FAST_WORKERS) $(XDIST) -m "not slow" tests
