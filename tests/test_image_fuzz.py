@@ -26,7 +26,7 @@ from ablation.engine import hardware
 from ablation.engine.errors import UserError
 from ablation.engine.images import content_size, style_size
 from ablation.engine.network import MIN_IMAGE_SIDE_PX
-from tests.support import config
+from tests.support import config, sqlite_store
 
 #: A side in px, below the network's minimum (16) one time in four; a style scale, below 1 one time in three.
 #: So about a third of the examples should run, and the rest be refused.
@@ -43,7 +43,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory, vgg19_random) -> Iterator[P
     (both cost seconds and neither is what is tested)."""
     with pytest.MonkeyPatch.context() as patch:
         folder = tmp_path_factory.mktemp("fuzz")
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+        patch.setenv("MLFLOW_TRACKING_URI", sqlite_store(folder))
         patch.setattr(job, "load_weights", lambda *args, **kwargs: vgg19_random)
         patch.setattr(hardware, "calibrate", lambda device: 1.0)
         yield folder

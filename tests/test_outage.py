@@ -38,6 +38,7 @@ from tests.support import (
     job_records,
     not_here,
     run_overrides,
+    sqlite_store,
     start_server,
     stop_group,
     store_env,
@@ -237,7 +238,7 @@ def test_past_the_patience_the_run_stops_with_a_kept_checkpoint_and_the_rerun_fi
     reference_folder = tmp_path / "reference"
     reference_folder.mkdir()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{reference_folder / 'mlflow.db'}")
+        patch.setenv("MLFLOW_TRACKING_URI", sqlite_store(reference_folder))
         reference = execute(config(run_overrides(tmp_path, iterations)))
 
     server = Server(tmp_path, backend)

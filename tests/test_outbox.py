@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from ablation.job import execute
 from ablation.store import connection, outbox, tolerance
 from ablation.store.runlog import RunLog
-from tests.support import config, run_overrides
+from tests.support import config, run_overrides, sqlite_store
 
 
 class Flaky:
@@ -49,7 +49,7 @@ class Flaky:
 @pytest.fixture()
 def flaky(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Flaky:
     """A fresh sqlite store and outbox, a patience of 30 s, records kept under tmp_path/unsent."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path))
     monkeypatch.setattr(outbox, "_outbox", outbox.Outbox())
     monkeypatch.setattr(tolerance, "BACKOFF_S", 0.05)
     monkeypatch.setattr(tolerance, "MAX_BACKOFF_S", 0.1)

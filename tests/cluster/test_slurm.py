@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from ablation.engine.checkpoint import CHECKPOINT_ARTIFACT
 from ablation.run import execute
 from ablation.store import heartbeat, lookup
-from tests.support import DATA_DIR, PROJECT, PYTHON, config, job_records, using_store
+from tests.support import DATA_DIR, PROJECT, PYTHON, config, job_records, sqlite_store, using_store
 
 pytestmark = pytest.mark.slow  # starts processes (see pyproject's markers)
 
@@ -126,7 +126,7 @@ def speed_it_s(tmp_path_factory: pytest.TempPathFactory) -> float:
     folder = tmp_path_factory.mktemp("speed")
     overrides = ["weights=random", "images.width=32", "run.iterations=20", "run.quiet=true", "judge.enabled=false"]
     os.environ["ABLATION_DATA_DIR"] = str(DATA_DIR)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = sqlite_store(folder)
     try:
         results = execute(config(overrides + ["run.checkpoint_every=0", "run.device=cpu"]))
     finally:

@@ -17,6 +17,7 @@ from scipy import stats as scipy_stats
 from ablation.report import claims, conditions, evidence, stats
 from ablation.report.__main__ import main as report_main
 from tests.report.store import FakeRun, build_store
+from tests.support import sqlite_store
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "conditions"
 NOISE = (0.99, 1.0, 1.01)  # content and style, seeds 0, 1, 2: 1% apart
@@ -51,7 +52,7 @@ def fake_runs() -> list[FakeRun]:
 def report_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("conditions")
     old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = sqlite_store(folder)
     try:
         ids, _ = build_store(folder, fake_runs(), "conditions-sweep", "experiment=conditions condition=base,300it")
         assert report_main(["--out", str(folder / "out"), "--no-publish"]) == 0
