@@ -1,23 +1,27 @@
-"""Will the transfer fit? An estimate of its memory from the image sizes, checked before anything is allocated.
+"""Will the transfer fit? Its memory from the image sizes, counted as autograd holds it, before anything is allocated.
 
-Autograd keeps every activation of the truncated network until the backward pass: each conv's input,
-each activation's output, each max pool's input and its int64 indices. So for a batch of B images of
-H x W the loop holds about
+One step of the loop keeps, until its backward pass, what each operation saves for it (:func:`saved_bytes`):
+a conv its input, ReLU and tanh their output, leaky ReLU its input, a max pool its input and int64 indices, a
+Gram its input (a float32 copy under bf16), the content loss the difference to its target, TV the image's two
+differences; the activations are 2 bytes under bf16 autocast, else 4. With activation checkpointing
+(``run.activation_checkpointing``) only each stage's input is kept, and one stage at a time is recomputed
+and held during the backward pass. The backward pass adds its working set: the gradient arriving at the
+largest activation of the stage and the one it produces (2 activations). Around the loop: the image, its
+gradient, Adam's two moments, the best image and Adam's temporaries (7 image-sized tensors per seed), the
+targets (content activations, Grams), the targets' own pass (content and style through the network without
+gradients: the layer's input and output and what is kept), the weights (loaded, then copied into the network;
+a bf16 copy under autocast) and what the runtime adds on top of the tensors (``RUNTIME_BYTES``, measured once
+per device type). ``python -m ablation.bench --memory`` compares the total with the measured peak.
 
-    B * (4 * sum_l C_l H_l W_l  +  8 * sum_maxpool C_l H_l W_l  +  2 * 4 * max_l C_l H_l W_l)  bytes
-
-(the last term: the gradient flowing back through the largest layer and its input's gradient), plus
-the image, Adam's two moments and the best image (4 image-sized tensors), the content image's target
-activations, one style image's forward pass without gradients (its two largest consecutive layers)
-and the conv weights. A huge ``images.width`` is refused with the width that would fit, instead of a
-crash deep in torch (or the OOM killer) after minutes of setup.
+The check refuses a size that does not fit with the widths that would, with and without checkpointing, and
+resolves ``images.width=max`` and ``run.activation_checkpointing=auto`` (:func:`fit`).
 """
 
 from __future__ import annotations
 
-import math
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,11 +29,25 @@ import torch
 from ablation.engine.errors import UserError
 from ablation.engine.images import content_size, image_size_wh, style_size
 from ablation.engine.inputs import resolve_image
-from ablation.engine.network import STAGE_CHANNELS, conv_shapes, layer_shapes
+from ablation.engine.losses import LossWeights
+from ablation.engine.network import MIN_IMAGE_SIDE_PX, NetworkSpec, conv_shapes, final_activation_layer, layer_shapes
 from ablation.engine.plan import RunSpec
 
 FLOAT_BYTES = 4
 INDEX_BYTES = 8
+#: Image-sized float32 tensors per seed around the loop: the image, its gradient, Adam's two moments, the best
+#: image, and Adam's two temporaries in its update.
+IMAGE_COPIES = 7
+#: What the runtime holds beyond the tensors during a step (allocator slack, oneDNN's scratch and primitive cache;
+#: cuDNN's workspace), as a share of the modelled tensors' peak; measured with ``python -m ablation.bench --memory``
+#: (CPU: 2-core Xeon with AVX-512, torch 2.14.1; CUDA: not yet measured, the CPU's share is used).
+RUNTIME_SHARE = {"cpu": 0.0, "cuda": 0.0}
+#: Free memory a run leaves unused, so that the estimate's error and other processes do not tip it over.
+SAFETY = 0.9
+#: ``images.width=max`` searches no wider than this (a 16k-pixel-wide content image: no device fits more).
+MAX_SEARCH_WIDTH = 16384
+
+log = logging.getLogger(__name__)
 
 
 class MemoryEstimateError(UserError):
@@ -37,31 +55,143 @@ class MemoryEstimateError(UserError):
 
 
 @dataclass(frozen=True)
+class Workload:
+    """What the memory of one transfer depends on."""
+
+    network: NetworkSpec
+    last_layer: str
+    loss: LossWeights
+    precision: str
+    channels_last: bool
+    content_hw: tuple[int, int]
+    styles_hw: tuple[tuple[int, int], ...]
+    batch: int = 1
+    checkpointing: bool = False
+
+
+@dataclass(frozen=True)
 class Estimate:
-    pixel_bytes: int  # grows with the pixel count: activations, gradients, image-sized state, targets
-    fixed_bytes: int  # does not: the weights (loaded, then copied into the network) and the Grams
+    """The estimate's parts in bytes; ``total_bytes`` is the peak: the weights, then the larger of the targets'
+    pass and the loop (targets, image state, what autograd keeps, the backward's working set), plus the runtime."""
+
+    weights: int
+    targets: int
+    targets_pass: int
+    image_state: int
+    saved: int
+    backward: int
+    runtime: int
+
+    @property
+    def loop_bytes(self) -> int:
+        return self.targets + self.image_state + self.saved + self.backward
 
     @property
     def total_bytes(self) -> int:
-        return self.pixel_bytes + self.fixed_bytes
+        return self.weights + max(self.targets_pass, self.loop_bytes) + self.runtime
 
 
-def transfer_bytes(
-    arch: str, last_layer: str, pooling: str, content_hw: tuple[int, int], styles_hw: list[tuple[int, int]], batch: int
-) -> Estimate:
-    """The estimate in the module docstring, in bytes."""
-    shapes = layer_shapes(arch, last_layer, *content_hw)
-    elements = [layer.elements for layer in shapes]
-    pools = sum(layer.elements for layer in shapes if layer.name.startswith("pool")) if pooling == "max" else 0
-    image = 3 * content_hw[0] * content_hw[1]
-    per_image = FLOAT_BYTES * (sum(elements) + 2 * max(elements) + 4 * image) + INDEX_BYTES * pools
-    style_peak = 0
-    for hw in styles_hw:
-        s = [layer.elements for layer in layer_shapes(arch, last_layer, *hw)]
-        style_peak = max(style_peak, FLOAT_BYTES * max(a + b for a, b in zip(s, s[1:] + [0], strict=True)))
-    weights = FLOAT_BYTES * sum(9 * i * o + o for _, i, o in conv_shapes(arch))
-    grams = FLOAT_BYTES * sum(c * c for c in STAGE_CHANNELS) * max(1, len(styles_hw))
-    return Estimate(batch * per_image + style_peak + FLOAT_BYTES * max(elements), 2 * weights + grams)
+def _activation_bytes(precision: str) -> int:
+    return 2 if precision == "bf16" else FLOAT_BYTES
+
+
+def _loss_layers(loss: LossWeights) -> tuple[set[str], set[str]]:
+    content = {n for n, w in loss.content_layer_weights().items() if w and loss.content_weight}
+    style = {n for n, w in loss.style_layer_weights().items() if w and loss.style_weight}
+    return content, style
+
+
+def saved_bytes(work: Workload, stage: tuple[int, int] | None = None) -> int:
+    """What autograd keeps of one step's forward pass for the backward (module docstring), for the whole network
+    or for the layers ``[lo, hi)`` of one stage (its input excluded), for ``work.batch`` images."""
+    shapes = layer_shapes(work.network.arch, work.last_layer, *work.content_hw)
+    size = _activation_bytes(work.precision)
+    final = final_activation_layer(work.network, work.last_layer)
+    content, style = _loss_layers(work.loss)
+    lo, hi = stage or (0, len(shapes))
+    kept: set[int] = set()  # layer indices whose output is held; -1 is the network's input
+    extra = 0
+    for i in range(lo, hi):
+        layer = shapes[i]
+        kind = layer.name.rstrip("_0123456789")
+        activation = work.network.final_activation if layer.name == final else work.network.activation
+        if kind == "conv" or (kind == "relu" and activation == "leaky_relu"):
+            kept.add(i - 1)  # its input
+        elif kind == "relu":
+            kept.add(i)  # relu and tanh: their output
+        elif kind == "pool" and work.network.pooling == "max":
+            kept.add(i - 1)
+            extra += INDEX_BYTES * layer.elements
+        if layer.name in style and (work.precision == "bf16" or i not in kept):
+            extra += FLOAT_BYTES * layer.elements  # the Gram's float32 input
+        if layer.name in content:
+            extra += FLOAT_BYTES * layer.elements  # F - P
+    held = sum(size * shapes[i].elements for i in kept if i >= lo)
+    if stage is None or lo == 0:  # the network's input: autocast's bf16 copy, the channels_last copy, or the image
+        image = 3 * work.content_hw[0] * work.content_hw[1]
+        held += 2 * image if work.precision == "bf16" else FLOAT_BYTES * image if work.channels_last else 0
+    if stage is None:
+        held += 2 * FLOAT_BYTES * 3 * work.content_hw[0] * work.content_hw[1]  # TV's two differences
+    return work.batch * (held + extra)
+
+
+def stages(work: Workload) -> list[tuple[int, int]]:
+    """[lo, hi) of each stage, as ``VGGFeatures.stages``: a stage ends after its pool."""
+    names = [layer.name for layer in layer_shapes(work.network.arch, work.last_layer, 1, 1)]
+    ends = [i + 1 for i, name in enumerate(names) if name.startswith("pool")] + [len(names)]
+    return [(lo, hi) for lo, hi in zip([0, *ends], ends, strict=False) if hi > lo]
+
+
+def _largest(work: Workload, stage: tuple[int, int]) -> int:
+    shapes = layer_shapes(work.network.arch, work.last_layer, *work.content_hw)
+    return max(layer.elements for layer in shapes[stage[0] : stage[1]])
+
+
+def loop_bytes(work: Workload) -> tuple[int, int]:
+    """(kept, backward working set) of one step at its peak: without checkpointing everything is kept as the
+    backward begins, and the first stage's activations with the largest working set at its end; with it, the
+    stages' inputs plus one stage recomputed, the largest of them."""
+    size, parts = _activation_bytes(work.precision), stages(work)
+    working = [2 * FLOAT_BYTES * work.batch * _largest(work, stage) for stage in parts]
+    image = FLOAT_BYTES * 3 * work.content_hw[0] * work.content_hw[1] * work.batch
+    if not work.checkpointing:
+        first = saved_bytes(work, parts[0]) + 2 * image  # with TV's differences
+        return max((saved_bytes(work), 0), (first, working[0]), key=sum)
+    shapes = layer_shapes(work.network.arch, work.last_layer, *work.content_hw)
+    inputs = image + sum(size * work.batch * shapes[hi - 1].elements for _, hi in parts[:-1]) + 2 * image
+    return max(((inputs + saved_bytes(work, stage), w) for stage, w in zip(parts, working, strict=True)), key=sum)
+
+
+def _no_grad_pass(work: Workload, hw: tuple[int, int], kept_layers: set[str]) -> int:
+    """The peak of one image through the network without gradients: a layer's input and output, and the
+    activations kept so far (the content target's layers; a style keeps only its Grams)."""
+    peak, kept, before = 0, 0, 3 * hw[0] * hw[1]
+    for layer in layer_shapes(work.network.arch, work.last_layer, *hw):
+        peak = max(peak, FLOAT_BYTES * (kept + before + layer.elements))
+        kept += layer.elements if layer.name in kept_layers else 0
+        before = layer.elements
+    return peak
+
+
+def estimate(work: Workload, device_type: str = "cpu") -> Estimate:
+    """The peak memory of one transfer, in parts (module docstring)."""
+    content, style = _loss_layers(work.loss)
+    shapes = {layer.name: layer for layer in layer_shapes(work.network.arch, work.last_layer, *work.content_hw)}
+    params = sum(9 * i * o + o for _, i, o in conv_shapes(work.network.arch))
+    used = sum(9 * i * o + o for n, i, o in conv_shapes(work.network.arch) if n in shapes)
+    weights = FLOAT_BYTES * (params + used) + (2 * used if work.precision == "bf16" else 0)
+    grams = FLOAT_BYTES * sum(shapes[n].channels ** 2 for n in style) * len(work.styles_hw)
+    targets = FLOAT_BYTES * sum(shapes[n].elements for n in content) + grams
+    images = FLOAT_BYTES * 3 * sum(h * w for h, w in (work.content_hw, *work.styles_hw))
+    passes = [_no_grad_pass(work, work.content_hw, content)] + [
+        targets + _no_grad_pass(work, hw, set()) for hw in work.styles_hw
+    ]
+    image_state = IMAGE_COPIES * FLOAT_BYTES * 3 * work.content_hw[0] * work.content_hw[1] * work.batch
+    kept, backward = loop_bytes(work)
+    saved = kept + 2 * grams * work.batch  # + each Gram's difference to its target
+    tensors = weights + max(images + max(passes), images + targets + image_state + saved + backward)
+    runtime = int(RUNTIME_SHARE.get(device_type, RUNTIME_SHARE["cpu"]) * tensors)
+    return Estimate(weights, images + targets, images + max(passes), image_state, saved, backward, runtime)
 
 
 def available_bytes(device: torch.device) -> int | None:
