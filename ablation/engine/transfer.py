@@ -150,7 +150,9 @@ def loss_terms(
     with autocast:
         reduced = net.reduce(net_input, layer_reducers(targets), options.checkpointing is True)
     distances = {kind: {n: r[kind] for n, r in reduced.items() if kind in r} for kind in ("content", "style")}
-    content = content_loss(distances["content"], w.content_layer_weights(), w.content_weight) if targets.content else zero
+    content = (
+        content_loss(distances["content"], w.content_layer_weights(), w.content_weight) if targets.content else zero
+    )
     style = (
         style_loss(distances["style"], targets.style_blend, w.style_layer_weights(), w.style_weight)
         if targets.grams and targets.grams[0]
