@@ -18,9 +18,8 @@ import numpy as np
 import torch
 
 from ablation import fingerprint, record
-from ablation.engine import hardware, judge
+from ablation.engine import hardware, judge, memory
 from ablation.engine.inputs import file_sha256, resolve_image
-from ablation.engine.memory import check_fits
 from ablation.engine.plan import RunSpec
 from ablation.engine.prepare import Problem, check_input_sizes, pick_device, prepare
 from ablation.engine.scales import Stage, coarse_to_fine
@@ -81,6 +80,14 @@ def seed_fingerprints(config: dict[str, Any], spec: RunSpec, weights_sha256: str
     return {s: fingerprint.fingerprint(seed_config(config, s), weights_sha256, inputs, device_type) for s in spec.seeds}
 
 
+def as_run(config: dict[str, Any], spec: RunSpec) -> dict[str, Any]:
+    """``config`` with what the memory check decided: ``images.width`` (for ``max``, the width chosen: a
+    fingerprint and params name what ran) and ``run.activation_checkpointing`` (for ``auto``, on or off)."""
+    images = {**config["images"], "width": spec.images.width}
+    run = {**config["run"], "activation_checkpointing": spec.engine.checkpointing}
+    return {**config, "images": images, "run": run}
+
+
 def plan(config: dict[str, Any], sweep: SweepJob | None) -> Job:
     """Validate, check memory and the store, load the weights: every refusal comes before any run is made.
 
@@ -88,9 +95,11 @@ def plan(config: dict[str, Any], sweep: SweepJob | None) -> Job:
     a single run's first contact fails in seconds (a mistyped address, a server not started)."""
     spec = from_config(config)
     device = pick_device(spec.device)
+    if spec.images.width != "max":
+        check_input_sizes(spec)  # a bad image is refused before the memory check reads its size
+    spec = memory.fit(spec, device, check=config["run"]["memory_check"])
     check_input_sizes(spec)
-    if config["run"]["memory_check"]:
-        check_fits(spec, device)
+    config = as_run(config, spec)
     tolerance.configure(config["run"]["tracking_outage_s"], config["tracking"]["unsent_dir"])
     experiment_id = connection.open_store(config["tracking"]["experiment"], patient=sweep is not None)
     torch.manual_seed(spec.seed)

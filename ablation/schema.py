@@ -67,7 +67,8 @@ class ImagesConfig:
     styles: list[str] = field(default_factory=list, metadata={NEUTRAL: True})
     style_scales: list[float] | None = None  # one per style (default 1.0): style width = content width * scale
     style_blend: list[float] | None = None  # one per style, normalised to sum 1 (default equal)
-    width: int | None = None  # content width in px (height follows); None keeps the content's size
+    # content width in px (height follows); None keeps the content's size; max: the widest the device fits
+    width: int | str | None = None
     exif_transpose: bool = True  # apply EXIF orientation (upstream does not)
 
 
@@ -128,6 +129,9 @@ class RunConfig:
     precision: Precision = Precision.fp32  # type: ignore[valid-type,attr-defined]  # fp32 | tf32 | bf16
     channels_last: bool | str = "auto"  # NHWC activations and conv weights: true | false | auto (per device)
     compile: bool = False  # torch.compile the loss function
+    # recompute each stage in the backward pass (less memory, same numbers): true | false | auto (on only when
+    # the run fits with it and not without)
+    activation_checkpointing: bool | str = neutral("auto")
     quiet: bool = neutral(False)  # no progress bar
     status_every: int = neutral(100)  # steps between logged status lines where stderr is no terminal (SLURM, CI)
     heartbeat_limit_s: float = neutral(600.0)  # sweeps: a RUNNING run with an older heartbeat is dead: continued

@@ -71,7 +71,10 @@ def images_of(images: dict[str, Any]) -> ImagesSpec:
         _require(all(b >= 0 for b in blend), f"images.style_blend={list(blend)} must be >= 0")
         _require(sum(blend) > 0, f"images.style_blend={list(blend)} sums to 0: give at least one positive weight")
     width = images["width"]
-    _require(width is None or width > 0, f"images.width={width} must be > 0")
+    if isinstance(width, str) and width != "max":
+        _require(width.isdigit(), f"images.width={width!r}: give a width in px or max (the widest that fits)")
+        width = int(width)
+    _require(width is None or width == "max" or width > 0, f"images.width={width} must be > 0")
     return ImagesSpec(str(images["content"]), styles, scales, blend, width, bool(images["exif_transpose"]))
 
 
@@ -104,6 +107,11 @@ def check_run(run: dict[str, Any]) -> None:
     _require(run["checkpoint_every"] >= 0, "run.checkpoint_every must be >= 0")
     _require(run["tracking_outage_s"] > 0, f"run.tracking_outage_s={run['tracking_outage_s']} must be > 0")
     check_channels_last(run["channels_last"])
+    checkpointing = run["activation_checkpointing"]
+    _require(
+        isinstance(checkpointing, bool) or checkpointing == "auto",
+        f"run.activation_checkpointing={checkpointing!r}: give true, false or auto",
+    )
     blend = run["init_noise_blend"]
     _require(blend is None or 0 <= blend <= 1, f"run.init_noise_blend={blend} must be in [0, 1]")
     scales, counts = run["scales"], run["scale_iterations"]
@@ -124,12 +132,16 @@ def from_config(cfg: dict[str, Any]) -> RunSpec:
     optim = optim_of(cfg["optim"])
     check_run(run)
     seeds = seeds_of(run, optim)
+    _require(
+        not (cfg["images"]["width"] == "max" and run["scales"]),
+        "images.width=max with run.scales: run.scales gives the widths; drop one of the two",
+    )
     return RunSpec(
         variant=str(cfg["variant"]["name"]),
         network=network_of(cfg["variant"]),
         loss=loss_of(cfg["loss"]),
         optim=optim,
-        engine=EngineOptions(run["precision"], run["channels_last"], run["compile"]),
+        engine=EngineOptions(run["precision"], run["channels_last"], run["compile"], run["activation_checkpointing"]),
         images=images_of(cfg["images"]),
         weights=weights_of(cfg["weights"]),
         iterations=run["iterations"],

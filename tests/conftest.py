@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _posixsubprocess
 import os
+import platform
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,6 +61,7 @@ def _guarded(start: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    platform.processor()  # runs `uname -p` once and caches it (MLflow's import asks): not a test's process
     for module, name in _STARTERS:
         if hasattr(module, name):
             setattr(module, name, _guarded(getattr(module, name)))

@@ -25,8 +25,7 @@ from ablation.engine import memory
 from ablation.engine.errors import UserError
 from ablation.engine.images import ImageError
 from ablation.engine.inputs import DataError
-from ablation.engine.memory import MemoryEstimateError, planned_sizes, transfer_bytes
-from ablation.engine.network import layer_shapes
+from ablation.engine.memory import MemoryEstimateError
 from ablation.engine.weights import WeightsError, load_weights, random_weights
 from ablation.job import execute
 from ablation.paths import variant_names
@@ -121,31 +120,19 @@ def test_memory_estimate_refuses_a_size_that_cannot_fit(store: Path) -> None:
 def test_memory_check_counts_batched_seeds(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """4 batched seeds where one seed fits but four do not: refused, naming the batch and the way out; the same
     seeds one after another pass the check."""
-    seeds = ["run.seeds=[0,1,2,3]", "run.batch_seeds=true"]
+    seeds = ["run.seeds=[0,1,2,3]", "run.batch_seeds=true", "run.activation_checkpointing=false"]
     spec = from_config(config(run_overrides(store, 2) + seeds))
-    sizes = planned_sizes(spec)
-    one, four = (transfer_bytes("vgg19", spec.last_layer, "max", *sizes, batch).total_bytes for batch in (1, 4))
-    monkeypatch.setattr(memory, "available_bytes", lambda device: (one + four) // 2)
+    cpu = torch.device("cpu")
+    one, four = (
+        memory.estimate(memory.workload(replace(spec, batch_seeds=b), cpu, False)).total_bytes for b in (False, True)
+    )
+    assert one < four
+    monkeypatch.setattr(memory, "available_bytes", lambda device: int((one + four) / 2 / memory.SAFETY))
     message = refused(
         store, seeds, MemoryEstimateError, r"16x16 px transfer of 4 batched seeds \(run\.seeds=\[0, 1, 2, 3\]\)"
     )
-    assert "set run.batch_seeds=false (one seed after another) or use images.width=" in message
-    assert memory.check_fits(replace(spec, batch_seeds=False), torch.device("cpu")).total_bytes == one
-
-
-def test_memory_estimate_by_hand() -> None:
-    """vgg19 up to relu1_1 on 4x4: conv1_1 and relu1_1 each hold 64*16 = 1024 floats.
-
-    per image: 4 * (2048 + 2*1024 + 4*48) = 17152 bytes; no pools. Plus the style pass's peak 4*(1024+1024)
-    and the content target 4*1024. Fixed: weights 2 * 4 * all vgg19 conv parameters (20,024,384) and
-    Grams 4 * (64^2+128^2+256^2+2*512^2).
-    """
-    shapes = layer_shapes("vgg19", "relu1_1", 4, 4)
-    assert [(s.name, s.elements) for s in shapes] == [("conv1_1", 1024), ("relu1_1", 1024)]
-    estimate = transfer_bytes("vgg19", "relu1_1", "max", (4, 4), [(4, 4)], batch=2)
-    assert estimate.pixel_bytes == 2 * 17152 + 4 * 2048 + 4 * 1024
-    assert estimate.fixed_bytes == 2 * 4 * 20_024_384 + 4 * (4096 + 16384 + 65536 + 2 * 262144)
-    assert layer_shapes("vgg19", "pool1", 5, 3)[-1].elements == 64 * 3 * 2  # SAME pooling rounds up
+    assert ": set run.batch_seeds=false (one seed after another) (or run.memory_check=false" in message
+    assert memory.fit(replace(spec, batch_seeds=False), cpu).engine.checkpointing is False  # one by one fits
 
 
 def test_weights_of_the_wrong_architecture_name_layer_and_shapes(tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ def test_result_neutral_keys_are_exactly_these() -> None:
         "run.device", "run.log_every", "run.sync_every", "run.checkpoint_every", "run.quiet", "run.debug",
         "run.resume", "run.memory_check", "run.force", "tune.objective", "tracking.experiment", "tracking.run_name",
         "run.status_every", "run.heartbeat_limit_s", "run.tracking_outage_s", "tracking.unsent_dir",
+        "run.activation_checkpointing",
     }  # fmt: skip
     # each is a key some composed config holds: the fingerprint leaves out real keys, not misspelt ones
     held = {key for overrides in every_file() for key in flatten(schema.plain(config_and_hydra(overrides)[0]))}

@@ -45,8 +45,10 @@ def test_variants_are_data():
 
 
 def test_spec_reads_the_speed_keys_and_seeds():
-    spec = from_config(config(["weights=random", "run.precision=tf32", "run.compile=true", "run.channels_last=true"]))
-    assert spec.engine == EngineOptions(precision="tf32", channels_last=True, compile=True)
+    speed = ["run.precision=tf32", "run.compile=true", "run.channels_last=true", "run.activation_checkpointing=true"]
+    spec = from_config(config(["weights=random", *speed]))
+    assert spec.engine == EngineOptions(precision="tf32", channels_last=True, compile=True, checkpointing=True)
+    assert from_config(config(["weights=random"])).engine.checkpointing == "auto"
     assert spec.seeds == (0,)
     spec = from_config(config(["weights=random", "run.seeds=[3,1,2]"]))
     assert spec.seeds == (3, 1, 2) and spec.seed == 3

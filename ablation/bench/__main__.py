@@ -18,6 +18,7 @@ A benchmark, not a test: it asserts nothing about speed.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from argparse import RawDescriptionHelpFormatter as RawDescription
@@ -28,6 +29,8 @@ from typing import Any
 
 import torch
 
+from ablation.bench import memory
+from ablation.bench.probes import machine
 from ablation.bench.render import write
 from ablation.bench.settings import LAYOUTS, BenchError, Settings
 from ablation.bench.suite import run_bench
@@ -73,6 +76,9 @@ def parser() -> argparse.ArgumentParser:
     add("--out", default=str(REPORTS_DIR / "bench"), help="folder for bench.md and bench.json")
     add("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     add("--quick", action="store_true", help="a smoke run: 64 px, original, 3 iterations, small peaks")
+    add("--memory", action="store_true", help="the memory table instead: measured peak vs the estimate, "
+        "checkpointing off and on, per --sizes (512,1024,2048; --quick 64,128), --precision, --iters (2) each, "
+        "into memory.md and memory.json")  # fmt: skip
     return p
 
 
@@ -127,10 +133,33 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     return Settings(**{f.name: opts[f.name] for f in fields(Settings)})
 
 
+def memory_main(argv: Sequence[str] | None, command: str) -> int:
+    """``--memory``: each case in its own process (``bench.memory``), written beside bench.md."""
+    args = parser().parse_args(argv)
+    device = pick_device(args.device)
+    sizes = _ints(args.sizes or ("64,128" if args.quick else "512,1024,2048"), "--sizes")
+    default = "fp32,bf16" if native_bf16(device) else "fp32"
+    precisions = _choices(args.precisions or default, "--precision", PRECISIONS)
+    iterations = args.iters or (1 if args.quick else 2)
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    results = memory.memory_bench(sizes, precisions, iterations, device, log)
+    hardware = machine(device)
+    threads = hardware.get("torch_threads")
+    where = f"{hardware['device']}, {hardware.get('cpu_model')}, {threads} threads, torch {torch.__version__}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "memory.json").write_text(json.dumps({"command": command, "machine": hardware, **results}, indent=1))
+    (out / "memory.md").write_text(memory.render(results, where, command))
+    print(f"wrote {out / 'memory.md'} and {out / 'memory.json'}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m ablation.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     warnings.filterwarnings("once", message=".*without native bf16")  # the bench reports it once, in the peaks
     try:
+        if parser().parse_args(argv).memory:
+            return memory_main(argv, command)
         settings = parse_args(argv)
         results = run_bench(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
     except UserError as err:  # a bad option, value, file or device; anything else is a bug: its traceback

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 
 from ablation.bench import cost
-from ablation.engine import hardware
+from ablation.engine import hardware, memory
 from ablation.engine.memory import planned_sizes
 from ablation.engine.plan import RunSpec
 from ablation.engine.prepare import pick_device
 from ablation.engine.weights import load_weights
-from ablation.job import seed_fingerprints
+from ablation.job import as_run, seed_fingerprints
 from ablation.spec import from_config
 from ablation.store import lookup
 
@@ -126,6 +126,8 @@ def estimate_sweep(
             job_config = with_seed(config, overrides)
             spec = from_config(job_config)
             device = pick_device(spec.device)
+            spec = memory.fit(spec, device, check=False)  # images.width=max: the width the job will choose
+            job_config = as_run(job_config, spec)
             found.speed = found.speed or measure_speed(device)
             sha, load_s = weights(spec)
             keys = set(seed_fingerprints(job_config, spec, sha, device.type).values())

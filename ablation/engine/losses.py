@@ -64,8 +64,9 @@ class _SymmetricGram(torch.autograd.Function):
     """G = X X^T / n for X [B, C, N] (``rows``), or X^T X / n for X [B, N, C].
 
     Autograd's backward of a product of X with itself is two batched matmuls (one per operand); as G is
-    symmetric they add up to one: dX = (dG + dG^T) X / n (or X (dG + dG^T) / n), a third of the Gram's
-    cost saved per style layer and step. The forward is the same bmm as a plain product.
+    symmetric they add up to one: dX = ((dG + dG^T) / n) X (or X (dG + dG^T) / n), a third of the Gram's
+    cost saved per style layer and step. Dividing the C x C matrix instead of the [C, HW] result saves a pass
+    over the activation and an activation-sized buffer (the backward's peak). The forward is a plain bmm.
     """
 
     @staticmethod
@@ -77,8 +78,8 @@ class _SymmetricGram(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (x,) = ctx.saved_tensors
-        sym = grad + grad.transpose(1, 2)
-        return (torch.bmm(sym, x) if ctx.rows else torch.bmm(x, sym)) / ctx.n, None, None
+        sym = (grad + grad.transpose(1, 2)) / ctx.n  # 1/n on the C x C matrix, not on the activation-sized result
+        return (torch.bmm(sym, x) if ctx.rows else torch.bmm(x, sym)), None, None
 
 
 def mean_squared(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -86,29 +87,34 @@ def mean_squared(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (_at_least_fp32(a) - _at_least_fp32(b)).pow(2).flatten(1).mean(dim=1)
 
 
+def style_distances(feature: torch.Tensor, target_grams: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[len(target_grams), B]: mean((G - A_i)^2) of the feature's Gram G against each style image's Gram A_i."""
+    g = gram(feature)
+    return torch.stack([mean_squared(g, target) for target in target_grams])
+
+
 def content_loss(
-    features: Mapping[str, torch.Tensor],
-    targets: Mapping[str, torch.Tensor],
-    layer_weights: Mapping[str, float],
-    content_weight: float,
+    distances: Mapping[str, torch.Tensor], layer_weights: Mapping[str, float], content_weight: float
 ) -> torch.Tensor:
-    """content = cw * sum_l w_l * mean((F_l - P_l)^2), over layers with w_l != 0."""
-    terms = [w * mean_squared(features[n], targets[n]) for n, w in layer_weights.items() if w != 0]
+    """content = cw * sum_l w_l * mean((F_l - P_l)^2), over layers with w_l != 0; ``distances[l]`` is
+    mean((F_l - P_l)^2) ([B], :func:`mean_squared`), computed where the layer's activation is (the network's
+    ``reduce``), so a checkpointed segment keeps only this number."""
+    terms = [w * distances[n] for n, w in layer_weights.items() if w != 0]
     return content_weight * torch.stack(terms).sum(dim=0)
 
 
 def style_loss(
-    features: Mapping[str, torch.Tensor],
-    target_grams: Sequence[Mapping[str, torch.Tensor]],
+    distances: Mapping[str, torch.Tensor],
     blend_weights: Sequence[float],
     layer_weights: Mapping[str, float],
     style_weight: float,
 ) -> torch.Tensor:
-    """style = sw * sum_i blend_i * sum_l w_l * mean((G_l - A_il)^2), A_il the Gram of style image i."""
-    grams = {n: gram(features[n]) for n, w in layer_weights.items() if w != 0}
+    """style = sw * sum_i blend_i * sum_l w_l * mean((G_l - A_il)^2), A_il the Gram of style image i;
+    ``distances[l]`` [S, B] is :func:`style_distances` of layer l."""
+    layers = [n for n, w in layer_weights.items() if w != 0]
     per_style = [
-        blend * torch.stack([layer_weights[n] * mean_squared(g, targets[n]) for n, g in grams.items()]).sum(0)
-        for targets, blend in zip(target_grams, blend_weights, strict=True)
+        blend * torch.stack([layer_weights[n] * distances[n][i] for n in layers]).sum(0)
+        for i, blend in enumerate(blend_weights)
     ]
     return style_weight * torch.stack(per_style).sum(dim=0)
 

@@ -1,35 +1,59 @@
-"""Will the transfer fit? An estimate of its memory from the image sizes, checked before anything is allocated.
+"""Will the transfer fit? Its memory from the image sizes, counted as autograd holds it, before anything is allocated.
 
-Autograd keeps every activation of the truncated network until the backward pass: each conv's input,
-each activation's output, each max pool's input and its int64 indices. So for a batch of B images of
-H x W the loop holds about
+One step of the loop keeps, until its backward pass, what each operation saves for it (:func:`saved_bytes`):
+a conv its input, ReLU and tanh their output, leaky ReLU its input, a max pool its input and int64 indices, a
+Gram its input (a float32 copy under bf16), the content loss the difference to its target, TV the image's two
+differences; the activations are 2 bytes under bf16 autocast, else 4. With activation checkpointing
+(``run.activation_checkpointing``) only each stage's input is kept, and one stage at a time is recomputed
+and held during the backward pass. The backward pass adds its working set: the gradient of the stage's
+largest activation (measured: what it makes beyond that is freed as fast, as each node frees what it saved).
 
-    B * (4 * sum_l C_l H_l W_l  +  8 * sum_maxpool C_l H_l W_l  +  2 * 4 * max_l C_l H_l W_l)  bytes
+Around the loop: the image, its gradient, Adam's two moments, the best image and Adam's temporaries (7
+image-sized tensors per seed), the targets (content activations, Grams), the targets' own pass (content and
+style through the network without gradients: a layer's input and output and what is kept), the weights
+(loaded, then copied into the network; a bf16 copy under autocast) and what the runtime adds on top of the
+tensors (``RUNTIME_BYTES``, measured once per device type). What the process held before (the interpreter,
+torch, MLflow) is not counted: the free memory the estimate is compared with has it taken already.
+``python -m ablation.bench --memory`` compares the estimate with the measured peak.
 
-(the last term: the gradient flowing back through the largest layer and its input's gradient), plus
-the image, Adam's two moments and the best image (4 image-sized tensors), the content image's target
-activations, one style image's forward pass without gradients (its two largest consecutive layers)
-and the conv weights. A huge ``images.width`` is refused with the width that would fit, instead of a
-crash deep in torch (or the OOM killer) after minutes of setup.
+The check refuses a size that does not fit with the widths that would, with and without checkpointing, and
+resolves ``images.width=max`` and ``run.activation_checkpointing=auto`` (:func:`fit`).
 """
 
 from __future__ import annotations
 
-import math
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from ablation.engine.backends import resolve_options
 from ablation.engine.errors import UserError
 from ablation.engine.images import content_size, image_size_wh, style_size
 from ablation.engine.inputs import resolve_image
-from ablation.engine.network import STAGE_CHANNELS, conv_shapes, layer_shapes
+from ablation.engine.losses import LossWeights
+from ablation.engine.network import MIN_IMAGE_SIDE_PX, NetworkSpec, conv_shapes, final_activation_layer, layer_shapes
 from ablation.engine.plan import RunSpec
 
 FLOAT_BYTES = 4
 INDEX_BYTES = 8
+#: Image-sized float32 tensors per seed around the loop: the image, its gradient, Adam's two moments, the best
+#: image, and Adam's two temporaries in its update.
+IMAGE_COPIES = 7
+#: What the runtime holds beyond the tensors during the transfer (oneDNN's kernels, scratch and primitive cache,
+#: allocator slack), per device type: the measured peak less the modelled tensors was 280 MiB at 512 and 1024 px,
+#: fp32 and bf16 alike (``python -m ablation.bench --memory``, 2-core Xeon with AVX-512, torch 2.14.1). On CUDA the
+#: allocator's peak counts tensors only; cuDNN's workspace is taken from what the device reports free. Not yet
+#: measured there, so 0, and ``SAFETY`` covers it.
+RUNTIME_BYTES = {"cpu": 280 * 2**20}
+#: Free memory a run leaves unused, so that the estimate's error and other processes do not tip it over.
+SAFETY = 0.9
+#: ``images.width=max`` searches no wider than this (a 16k-pixel-wide content image: no device fits more).
+MAX_SEARCH_WIDTH = 16384
+
+log = logging.getLogger(__name__)
 
 
 class MemoryEstimateError(UserError):
@@ -37,31 +61,152 @@ class MemoryEstimateError(UserError):
 
 
 @dataclass(frozen=True)
+class Workload:
+    """What the memory of one transfer depends on."""
+
+    network: NetworkSpec
+    last_layer: str
+    loss: LossWeights
+    precision: str
+    channels_last: bool
+    content_hw: tuple[int, int]
+    styles_hw: tuple[tuple[int, int], ...]
+    batch: int = 1
+    checkpointing: bool = False
+
+
+@dataclass(frozen=True)
 class Estimate:
-    pixel_bytes: int  # grows with the pixel count: activations, gradients, image-sized state, targets
-    fixed_bytes: int  # does not: the weights (loaded, then copied into the network) and the Grams
+    """The estimate's parts in bytes; ``total_bytes`` is the peak: the weights, then the larger of the targets'
+    pass and the loop (targets, image state, what autograd keeps, the backward's working set), plus the runtime."""
+
+    weights: int
+    targets: int
+    targets_pass: int
+    image_state: int
+    saved: int
+    backward: int
+    runtime: int
+
+    @property
+    def loop_bytes(self) -> int:
+        return self.targets + self.image_state + self.saved + self.backward
 
     @property
     def total_bytes(self) -> int:
-        return self.pixel_bytes + self.fixed_bytes
+        return self.weights + max(self.targets_pass, self.loop_bytes) + self.runtime
 
 
-def transfer_bytes(
-    arch: str, last_layer: str, pooling: str, content_hw: tuple[int, int], styles_hw: list[tuple[int, int]], batch: int
-) -> Estimate:
-    """The estimate in the module docstring, in bytes."""
-    shapes = layer_shapes(arch, last_layer, *content_hw)
-    elements = [layer.elements for layer in shapes]
-    pools = sum(layer.elements for layer in shapes if layer.name.startswith("pool")) if pooling == "max" else 0
-    image = 3 * content_hw[0] * content_hw[1]
-    per_image = FLOAT_BYTES * (sum(elements) + 2 * max(elements) + 4 * image) + INDEX_BYTES * pools
-    style_peak = 0
-    for hw in styles_hw:
-        s = [layer.elements for layer in layer_shapes(arch, last_layer, *hw)]
-        style_peak = max(style_peak, FLOAT_BYTES * max(a + b for a, b in zip(s, s[1:] + [0], strict=True)))
-    weights = FLOAT_BYTES * sum(9 * i * o + o for _, i, o in conv_shapes(arch))
-    grams = FLOAT_BYTES * sum(c * c for c in STAGE_CHANNELS) * max(1, len(styles_hw))
-    return Estimate(batch * per_image + style_peak + FLOAT_BYTES * max(elements), 2 * weights + grams)
+def _activation_bytes(precision: str) -> int:
+    return 2 if precision == "bf16" else FLOAT_BYTES
+
+
+def _loss_layers(loss: LossWeights) -> tuple[set[str], set[str]]:
+    content = {n for n, w in loss.content_layer_weights().items() if w and loss.content_weight}
+    style = {n for n, w in loss.style_layer_weights().items() if w and loss.style_weight}
+    return content, style
+
+
+def saved_bytes(work: Workload, stage: tuple[int, int] | None = None) -> int:
+    """What autograd keeps of one step's forward pass for the backward (module docstring), for the whole network
+    or for the layers ``[lo, hi)`` of one stage (its input excluded), for ``work.batch`` images."""
+    shapes = layer_shapes(work.network.arch, work.last_layer, *work.content_hw)
+    size = _activation_bytes(work.precision)
+    final = final_activation_layer(work.network, work.last_layer)
+    content, style = _loss_layers(work.loss)
+    lo, hi = stage or (0, len(shapes))
+    kept: set[int] = set()  # layer indices whose output is held; -1 is the network's input
+    extra = 0
+    for i in range(lo, hi):
+        layer = shapes[i]
+        kind = layer.name.rstrip("_0123456789")
+        activation = work.network.final_activation if layer.name == final else work.network.activation
+        if kind == "conv" or (kind == "relu" and activation == "leaky_relu"):
+            kept.add(i - 1)  # its input
+        elif kind == "relu":
+            kept.add(i)  # relu and tanh: their output
+        elif kind == "pool" and work.network.pooling == "max":
+            kept.add(i - 1)
+            extra += INDEX_BYTES * layer.elements
+        if layer.name in content:
+            extra += FLOAT_BYTES * layer.elements  # F - P
+    for i in range(lo, hi):  # a Gram's input: shared with a held activation in float32, else its own
+        if shapes[i].name in style and (work.precision == "bf16" or i not in kept):
+            extra += FLOAT_BYTES * shapes[i].elements
+    held = sum(size * shapes[i].elements for i in kept if i >= lo)
+    if stage is None or lo == 0:  # the network's input: autocast's bf16 copy, the channels_last copy, or the image
+        image = 3 * work.content_hw[0] * work.content_hw[1]
+        held += 2 * image if work.precision == "bf16" else FLOAT_BYTES * image if work.channels_last else 0
+    if stage is None:
+        held += tv_bytes(work.content_hw)
+    return work.batch * (held + extra)
+
+
+def tv_bytes(hw: tuple[int, int]) -> int:
+    """TV's two differences of one image: [3, H-1, W] and [3, H, W-1] in float32."""
+    h, w = hw
+    return FLOAT_BYTES * 3 * ((h - 1) * w + h * (w - 1))
+
+
+def stages(work: Workload) -> list[tuple[int, int]]:
+    """[lo, hi) of each stage, as ``VGGFeatures.stages``: a stage ends after its pool."""
+    names = [layer.name for layer in layer_shapes(work.network.arch, work.last_layer, 1, 1)]
+    ends = [i + 1 for i, name in enumerate(names) if name.startswith("pool")] + [len(names)]
+    return [(lo, hi) for lo, hi in zip([0, *ends], ends, strict=False) if hi > lo]
+
+
+def _largest(work: Workload, stage: tuple[int, int]) -> int:
+    shapes = layer_shapes(work.network.arch, work.last_layer, *work.content_hw)
+    return max(layer.elements for layer in shapes[stage[0] : stage[1]])
+
+
+def loop_bytes(work: Workload) -> tuple[int, int]:
+    """(kept, backward working set) of one step at its peak: without checkpointing everything is kept as the
+    backward begins, and the first stage's activations with the largest working set at its end; with it, the
+    stages' inputs plus one stage recomputed, the largest of them."""
+    size, parts = _activation_bytes(work.precision), stages(work)
+    working = [FLOAT_BYTES * work.batch * _largest(work, stage) for stage in parts]
+    if not work.checkpointing:
+        first = saved_bytes(work, parts[0]) + work.batch * tv_bytes(work.content_hw)
+        return max((saved_bytes(work), 0), (first, working[0]), key=sum)
+    shapes = layer_shapes(work.network.arch, work.last_layer, *work.content_hw)
+    # the stages' inputs: the network's input (counted with the first stage, whose conv saves it too), the
+    # pools' outputs, and TV's differences
+    inputs = sum(size * work.batch * shapes[hi - 1].elements for _, hi in parts[:-1])
+    inputs += work.batch * tv_bytes(work.content_hw)
+    return max(((inputs + saved_bytes(work, stage), w) for stage, w in zip(parts, working, strict=True)), key=sum)
+
+
+def _no_grad_pass(work: Workload, hw: tuple[int, int], kept_layers: set[str]) -> int:
+    """The peak of one image through the network without gradients: a layer's input and output, and the
+    activations kept so far (the content target's layers; a style keeps only its Grams)."""
+    peak, kept, before = 0, 0, 3 * hw[0] * hw[1]
+    for layer in layer_shapes(work.network.arch, work.last_layer, *hw):
+        peak = max(peak, FLOAT_BYTES * (kept + before + layer.elements))
+        kept += layer.elements if layer.name in kept_layers else 0
+        before = layer.elements
+    return peak
+
+
+def estimate(work: Workload, device_type: str = "cpu") -> Estimate:
+    """The peak memory of one transfer, in parts (module docstring)."""
+    content, style = _loss_layers(work.loss)
+    shapes = {layer.name: layer for layer in layer_shapes(work.network.arch, work.last_layer, *work.content_hw)}
+    params = sum(9 * i * o + o for _, i, o in conv_shapes(work.network.arch))
+    used = sum(9 * i * o + o for n, i, o in conv_shapes(work.network.arch) if n in shapes)
+    kernels = sum(9 * i * o for n, i, o in conv_shapes(work.network.arch) if n in shapes)
+    weights = FLOAT_BYTES * (params + used) + (2 * kernels if work.precision == "bf16" else 0)  # autocast's copies
+    grams = FLOAT_BYTES * sum(shapes[n].channels ** 2 for n in style) * len(work.styles_hw)
+    targets = FLOAT_BYTES * sum(shapes[n].elements for n in content) + grams
+    images = FLOAT_BYTES * 3 * sum(h * w for h, w in (work.content_hw, *work.styles_hw))
+    passes = [_no_grad_pass(work, work.content_hw, content)] + [
+        targets + _no_grad_pass(work, hw, set()) for hw in work.styles_hw
+    ]
+    image_state = IMAGE_COPIES * FLOAT_BYTES * 3 * work.content_hw[0] * work.content_hw[1] * work.batch
+    kept, backward = loop_bytes(work)
+    saved = kept + grams * work.batch  # + each Gram's difference to its target
+    runtime = RUNTIME_BYTES.get(device_type, 0)
+    return Estimate(weights, images + targets, images + max(passes), image_state, saved, backward, runtime)
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -90,11 +235,11 @@ def available_bytes(device: torch.device) -> int | None:
     return available
 
 
-def planned_sizes(spec: RunSpec) -> tuple[tuple[int, int], list[tuple[int, int]]]:
-    """(h, w) of the content and of each style after upstream's resizing at the run's finest width (``images.width``,
-    or the last of ``run.scales``), from the files' headers."""
+def planned_sizes(spec: RunSpec, width: int | None = None) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """(h, w) of the content and of each style after upstream's resizing at ``width`` (default: the run's finest,
+    ``images.width`` or the last of ``run.scales``), from the files' headers."""
     images = spec.images
-    width = spec.stages()[-1][0]
+    width = spec.stages()[-1][0] if width is None else width
     cw, ch = content_size(image_size_wh(resolve_image(images.content), images.exif_transpose), width)
     styles = []
     for name, scale in zip(images.styles, images.style_scales, strict=True):
@@ -103,24 +248,79 @@ def planned_sizes(spec: RunSpec) -> tuple[tuple[int, int], list[tuple[int, int]]
     return (ch, cw), styles
 
 
-def check_fits(spec: RunSpec, device: torch.device) -> Estimate:
-    """Refuse a run whose estimate exceeds the free memory of ``device`` (its largest batch of seeds at once),
-    naming a width that fits, and one seed after another when a single seed would fit."""
-    content_hw, styles_hw = planned_sizes(spec)
+def workload(spec: RunSpec, device: torch.device, checkpointing: bool, width: int | None = None) -> Workload:
+    """The run's workload at its finest width (or ``width``), its largest batch of seeds at once."""
+    content_hw, styles_hw = planned_sizes(spec, width)
     batch = max(len(seeds) for seeds in spec.seed_batches(device.type))
-    network = spec.network.arch, spec.last_layer, spec.network.pooling
-    estimate = transfer_bytes(*network, content_hw, styles_hw, batch)
+    channels_last = resolve_options(spec.engine, device).channels_last is True
+    return Workload(
+        spec.network, spec.last_layer, spec.loss, spec.engine.precision, channels_last,
+        content_hw, tuple(styles_hw), batch, checkpointing,
+    )  # fmt: skip
+
+
+def _fits(spec: RunSpec, device: torch.device, room: int, checkpointing: bool, width: int | None = None) -> bool:
+    return estimate(workload(spec, device, checkpointing, width), device.type).total_bytes <= room
+
+
+def largest_width(spec: RunSpec, device: torch.device, room: int, checkpointing: bool) -> int | None:
+    """The widest content width whose estimate fits in ``room`` bytes (bisection: memory grows with width);
+    None when not even the network's smallest input fits."""
+    lo, hi = MIN_IMAGE_SIDE_PX, MAX_SEARCH_WIDTH
+    if not _fits(spec, device, room, checkpointing, lo):
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if _fits(spec, device, room, checkpointing, mid) else (lo, mid - 1)
+    return lo
+
+
+def _modes(spec: RunSpec) -> tuple[bool, ...]:
+    """The checkpointing settings a run may use: its own, or both for ``auto`` (the lean one last)."""
+    return (False, True) if spec.engine.checkpointing == "auto" else (spec.engine.checkpointing is True,)
+
+
+def fit(spec: RunSpec, device: torch.device, check: bool = True) -> RunSpec:
+    """The run as it will run on ``device``: ``images.width=max`` resolved to the widest content that fits its
+    free memory (times ``SAFETY``), ``run.activation_checkpointing=auto`` to on only where the run does not fit
+    without it and fits with it. With ``check``, a run that does not fit is refused, naming the widths that fit
+    with and without checkpointing (and one seed after another, for a batch). Free memory that cannot be told
+    (MPS) leaves a fixed width unchecked, ``auto`` off, and ``max`` refused."""
     free = available_bytes(device)
-    if free is not None and estimate.total_bytes > free:
-        width = content_hw[1]
-        room = max(free - estimate.fixed_bytes, 0) / estimate.pixel_bytes  # memory grows with width squared
-        fits = int(width * math.sqrt(room) * 0.9)
-        seeds = f" of {batch} batched seeds (run.seeds={list(spec.seeds)})" if batch > 1 else ""
-        one_by_one = batch > 1 and transfer_bytes(*network, content_hw, styles_hw, 1).total_bytes <= free
-        raise MemoryEstimateError(
-            f"a {content_hw[1]}x{content_hw[0]} px transfer{seeds} (images.width={spec.images.width}) needs about "
-            f"{estimate.total_bytes / 2**30:.1f} GiB on {device}, which has {free / 2**30:.1f} GiB free: "
-            + ("set run.batch_seeds=false (one seed after another) or " if one_by_one else "")
-            + f"use images.width={fits} or less (or run.memory_check=false to try anyway)"
-        )
-    return estimate
+    room = None if free is None else int(free * SAFETY)
+    modes = _modes(spec)
+    if spec.images.width == "max":
+        if room is None:
+            raise MemoryEstimateError(f"images.width=max: free memory on {device} cannot be told; give a width")
+        width = largest_width(spec, device, room, modes[-1])
+        if width is None:
+            raise MemoryEstimateError(
+                f"images.width=max: not even a {MIN_IMAGE_SIDE_PX} px wide transfer fits the "
+                f"{free / 2**30:.1f} GiB free on {device}"
+            )
+        spec = replace(spec, images=replace(spec.images, width=width))
+        log.warning("images.width=max: %d px, the widest that fits %.1f GiB free on %s", width, free / 2**30, device)
+    chosen = next((m for m in modes if room is not None and _fits(spec, device, room, m)), modes[0])
+    spec = replace(spec, engine=replace(spec.engine, checkpointing=chosen))
+    if check and room is not None and not _fits(spec, device, room, chosen):
+        raise MemoryEstimateError(refusal(spec, device, free, room))
+    return spec
+
+
+def refusal(spec: RunSpec, device: torch.device, free: int, room: int) -> str:
+    """Why the run does not fit, and the widths that would, with and without checkpointing."""
+    work = workload(spec, device, spec.engine.checkpointing is True)
+    need = estimate(work, device.type).total_bytes
+    seeds = f" of {work.batch} batched seeds (run.seeds={list(spec.seeds)})" if work.batch > 1 else ""
+    one = replace(spec, batch_seeds=False)
+    one_by_one = work.batch > 1 and any(_fits(one, device, room, m) for m in (False, True))
+    widths = {m: largest_width(spec, device, room, m) for m in (False, True)}
+    said = [f"images.width={w}{' with run.activation_checkpointing=true' if m else ''}" for m, w in widths.items() if w]
+    ways = ["set run.batch_seeds=false (one seed after another)"] if one_by_one else []
+    ways += ["use " + " or ".join(said) + " or less"] if said else []
+    return (
+        f"a {work.content_hw[1]}x{work.content_hw[0]} px transfer{seeds} (images.width={spec.images.width}) needs "
+        f"about {need / 2**30:.1f} GiB on {device}, which has {free / 2**30:.1f} GiB free: "
+        + (" or ".join(ways) or "no width fits")
+        + " (or run.memory_check=false to try anyway)"
+    )

@@ -8,11 +8,14 @@ live here and nowhere else: index ``i`` of :func:`layer_names` is module ``featu
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ablation.engine.errors import UserError
 
@@ -228,11 +231,43 @@ class VGGFeatures(nn.Module):
 
     def forward(self, image: torch.Tensor, wanted: Iterable[str]) -> dict[str, torch.Tensor]:
         """Activations of the ``wanted`` layers for ``image`` [B, 3, H, W] in pixel space."""
-        wanted = set(wanted)
-        out: dict[str, torch.Tensor] = {}
+        return self.reduce(image, dict.fromkeys(wanted, _identity))
+
+    def reduce(
+        self, image: torch.Tensor, reducers: Mapping[str, Callable[[torch.Tensor], Any]], checkpointed: bool = False
+    ) -> dict[str, Any]:
+        """``reducers[name](activation)`` for each named layer, computed where the activation is made and
+        outside autocast (losses stay in float32), for ``image`` [B, 3, H, W] in pixel space.
+
+        ``checkpointed``: each stage (its convs and activations, its reductions and the pool after it) is one
+        ``torch.utils.checkpoint`` segment, recomputed in the backward pass, so autograd keeps only the
+        stages' inputs and the reductions' outputs between the passes instead of every activation. The
+        numbers are the same; the price is one more forward per step.
+        """
+        out: dict[str, Any] = {}
         x = image
-        for name, layer in zip(self.names, self.layers, strict=True):
-            x = layer(x)
-            if name in wanted:
-                out[name] = x
+        for lo, hi in self.stages():
+            run = partial(self._run, lo, hi, reducers)
+            x, reduced = checkpoint(run, x, use_reentrant=False) if checkpointed else run(x)
+            out.update(reduced)
         return out
+
+    def stages(self) -> list[tuple[int, int]]:
+        """[lo, hi) layer indices of each stage: a stage ends after its pool (the last one at ``last_layer``)."""
+        ends = [i + 1 for i, name in enumerate(self.names) if name.startswith("pool")] + [len(self.names)]
+        return [(lo, hi) for lo, hi in zip([0, *ends], ends, strict=False) if hi > lo]
+
+    def _run(
+        self, lo: int, hi: int, reducers: Mapping[str, Callable[[torch.Tensor], Any]], x: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        reduced = {}
+        for name, layer in zip(self.names[lo:hi], self.layers[lo:hi], strict=True):
+            x = layer(x)
+            if name in reducers:
+                with torch.autocast(x.device.type, enabled=False):
+                    reduced[name] = reducers[name](x)
+        return x, reduced
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x

@@ -21,6 +21,8 @@ from ablation.engine.losses import (
     LossWeights,
     content_loss,
     gram,
+    mean_squared,
+    style_distances,
     style_loss,
     tv_loss,
 )
@@ -70,12 +72,15 @@ class EngineOptions:
     ``backends.resolve_options`` turns into a bool for the device before a run; ``compile``: the loss
     function (network, Grams, losses) through ``torch.compile``. Convolutions dominate and compile calls
     the same conv kernels, so it can only save launches and elementwise passes: measured no gain on a
-    CPU (``python -m ablation.bench --compile`` says whether it pays on a given GPU).
+    CPU (``python -m ablation.bench --compile`` says whether it pays on a given GPU). ``checkpointing``:
+    recompute each stage in the backward pass instead of keeping its activations (``"auto"``: the memory
+    check turns it on only when the run fits with it and not without, ``memory.resolve``).
     """
 
     precision: str = "fp32"
     channels_last: bool | str = False  # True | False | "auto"
     compile: bool = False
+    checkpointing: bool | str = False  # True | False | "auto": activation checkpointing (VGGFeatures.reduce)
 
 
 @dataclass
@@ -107,10 +112,30 @@ def compute_targets(
     style_layers = [n for n, w in weights.style_layer_weights().items() if w != 0]
     content_feats = net(content, content_layers) if weights.content_weight else {}
     grams = []
-    for style in styles:
-        feats = net(style, style_layers) if weights.style_weight else {}
-        grams.append({n: gram(f) for n, f in feats.items()})
+    for style in styles:  # Grams as each layer is made: the pass keeps no style activation
+        grams.append(net.reduce(style, dict.fromkeys(style_layers, gram)) if weights.style_weight else {})
     return Targets(content_feats, grams, normalised_blend(style_blend, len(styles)), weights)
+
+
+def layer_reducers(targets: Targets) -> dict[str, Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
+    """Per loss layer, what the loss needs of its activation: {"content": [B]} and/or {"style": [S, B]}
+    (:func:`~ablation.engine.losses.mean_squared` against the content target, the style distances)."""
+    w = targets.weights
+    content = {n for n, v in w.content_layer_weights().items() if v != 0} if targets.content else set()
+    style = {n for n, v in w.style_layer_weights().items() if v != 0} if targets.grams and targets.grams[0] else set()
+
+    def reducer(name: str) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+        def reduce(feature: torch.Tensor) -> dict[str, torch.Tensor]:
+            out = {}
+            if name in content:
+                out["content"] = mean_squared(feature, targets.content[name])
+            if name in style:
+                out["style"] = style_distances(feature, [grams[name] for grams in targets.grams])
+            return out
+
+        return reduce
+
+    return {name: reducer(name) for name in sorted(content | style)}
 
 
 def loss_terms(
@@ -118,18 +143,18 @@ def loss_terms(
 ) -> torch.Tensor:
     """[B, len(LOSS_NAMES)] float32: content, style, tv and total loss of each image in the batch."""
     w = targets.weights
-    batch = image.shape[0]
-    zero = image.new_zeros(batch)
+    zero = image.new_zeros(image.shape[0])
     nhwc = options.channels_last is True  # "auto" not yet resolved: the input keeps its layout
     net_input = image.contiguous(memory_format=torch.channels_last) if nhwc else image
     autocast = torch.autocast(image.device.type, dtype=torch.bfloat16) if options.precision == "bf16" else nullcontext()
     with autocast:
-        feats = net(net_input, w.read_layers())
+        reduced = net.reduce(net_input, layer_reducers(targets), options.checkpointing is True)
+    distances = {kind: {n: r[kind] for n, r in reduced.items() if kind in r} for kind in ("content", "style")}
     content = (
-        content_loss(feats, targets.content, w.content_layer_weights(), w.content_weight) if targets.content else zero
+        content_loss(distances["content"], w.content_layer_weights(), w.content_weight) if targets.content else zero
     )
     style = (
-        style_loss(feats, targets.grams, targets.style_blend, w.style_layer_weights(), w.style_weight)
+        style_loss(distances["style"], targets.style_blend, w.style_layer_weights(), w.style_weight)
         if targets.grams and targets.grams[0]
         else zero
     )

@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from ablation.engine.losses import LossWeights, content_loss, gram, mean_squared, style_loss, tv_loss
+from ablation.engine.losses import (
+    LossWeights,
+    content_loss,
+    gram,
+    mean_squared,
+    style_distances,
+    style_loss,
+    tv_loss,
+)
 
 
 def test_gram_is_ftf_over_hwc():
@@ -23,14 +31,16 @@ def test_content_loss_weights_layers_by_blend():
     targets = {"relu4_2": torch.zeros(1, 1, 2, 2), "relu5_2": torch.full((1, 1, 1, 1), 2.0)}
     # mean((1-0)^2) = 1 on relu4_2, mean((0-2)^2) = 4 on relu5_2; blend 0.25: 5 * (0.25 * 1 + 0.75 * 4) = 16.25
     weights = LossWeights(content_blend=0.25).content_layer_weights()
-    assert content_loss(feats, targets, weights, 5.0).item() == pytest.approx(16.25)
+    distances = {n: mean_squared(feats[n], targets[n]) for n in feats}
+    assert content_loss(distances, weights, 5.0).item() == pytest.approx(16.25)
 
 
 def test_style_loss_blends_styles_and_layers():
     feats = {"relu1_1": torch.tensor([[[[1.0, 3.0]], [[2.0, 4.0]]]])}  # Gram [[2.5, 3.5], [3.5, 5]]
-    zero, ones = {"relu1_1": torch.zeros(1, 2, 2)}, {"relu1_1": torch.ones(1, 2, 2)}
+    zero, ones = torch.zeros(1, 2, 2), torch.ones(1, 2, 2)
     # vs zeros: mean(2.5^2, 3.5^2, 3.5^2, 5^2) = 13.9375; vs ones: mean(1.5^2, 2.5^2, 2.5^2, 4^2) = 7.6875
-    value = style_loss(feats, [zero, ones], [0.75, 0.25], {"relu1_1": 1.0}, 500.0)
+    distances = {"relu1_1": style_distances(feats["relu1_1"], [zero, ones])}
+    value = style_loss(distances, [0.75, 0.25], {"relu1_1": 1.0}, 500.0)
     assert value.item() == pytest.approx(500 * (0.75 * 13.9375 + 0.25 * 7.6875))
 
 

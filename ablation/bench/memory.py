@@ -1,0 +1,191 @@
+"""The bench's memory table (``python -m ablation.bench --memory``): each size x precision x checkpointing run
+in a fresh process for an honest peak, beside the engine's estimate (``engine.memory``), and the widest content
+each device size fits by the estimate.
+
+A case is VGG19 ``original`` with random weights, square content and style of seeded noise, Adam for a few
+iterations. CPU: the process's peak resident set (VmHWM) against what it held before the transfer plus the
+estimate; CUDA: ``torch.cuda.max_memory_allocated`` against the estimate (the allocator counts tensors only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ablation.engine import memory
+from ablation.engine.hardware import synchronize
+from ablation.engine.plan import RunSpec
+from ablation.engine.prepare import pick_device, prepare
+from ablation.engine.transfer import new_state, stylize
+from ablation.paths import CONF_DIR
+
+#: Device sizes the table states the widest content for, GiB.
+DEVICE_GIB = (8, 16, 24, 80)
+MIB = 2**20
+
+
+def square_pair(width: int, folder: Path) -> tuple[Path, Path]:
+    """Content and style PNGs of seeded noise, ``width`` px square (a square pair is the issue's yardstick)."""
+    rng = np.random.default_rng(0)
+    paths = (folder / f"content-{width}.png", folder / f"style-{width}.png")
+    for path in paths:
+        if not path.is_file():
+            Image.fromarray(rng.integers(0, 256, (width, width, 3), dtype=np.uint8)).save(path)
+    return paths
+
+
+def case_spec(width: int, precision: str, checkpointing: bool, device: str, folder: Path) -> RunSpec:
+    """The run's own config path (Hydra compose -> spec) for one case."""
+    from hydra import compose, initialize_config_dir
+
+    from ablation import schema
+    from ablation.spec import from_config
+
+    content, style = square_pair(width, folder)
+    overrides = [
+        "variant=original", "weights=random", f"images.width={width}", f"images.content={content}",
+        f"images.styles=[{style}]", f"run.precision={precision}", f"run.device={device}",
+        f"run.activation_checkpointing={str(checkpointing).lower()}",
+    ]  # fmt: skip
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return from_config(schema.plain(compose("config", overrides=overrides)))
+
+
+def _status_mib(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure_case(width: int, precision: str, checkpointing: bool, iterations: int, device_name: str) -> dict:
+    """One case in this process (a fresh one: ``run_case``): estimate, measured peak, seconds per iteration."""
+    device = pick_device(device_name)
+    with tempfile.TemporaryDirectory() as folder:
+        spec = case_spec(width, precision, checkpointing, str(device), Path(folder))
+        work = memory.workload(spec, device, checkpointing)
+        estimate = memory.estimate(work, device.type)
+        before = 0.0 if device.type == "cuda" else _status_mib("VmRSS")
+        problem = prepare(spec, device)
+        state = new_state(problem.start_image([spec.seed]), spec.optim)
+        started = time.perf_counter()
+        for _ in stylize(problem.net, problem.targets, state, iterations, 1, iterations, problem.spec.engine):
+            pass
+        synchronize(device)
+        seconds = (time.perf_counter() - started) / iterations
+    peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else _status_mib("VmHWM")
+    parts = {k: v / MIB for k, v in asdict(estimate).items()}
+    return {
+        "width": width, "precision": precision, "checkpointing": checkpointing, "iterations": iterations,
+        "before_mib": before, "peak_mib": peak, "estimate_mib": before + estimate.total_bytes / MIB,
+        "s_per_it": seconds, "parts_mib": parts,
+    }  # fmt: skip
+
+
+def run_case(width: int, precision: str, checkpointing: bool, iterations: int, device: str) -> dict:
+    """:func:`measure_case` in a fresh Python process, so each case's peak is its own."""
+    argv = [sys.executable, "-m", "ablation.bench.memory", str(width), precision, str(int(checkpointing))]
+    done = subprocess.run(
+        [*argv, str(iterations), device], capture_output=True, text=True, env=os.environ.copy(), check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"memory case {argv[3:]} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def widest(device: torch.device, precision: str, folder: Path) -> dict[str, dict[str, int | None]]:
+    """The widest square content each device size fits by the estimate (``memory.SAFETY`` kept free), without and
+    with checkpointing, for this device type."""
+    spec = case_spec(512, precision, False, str(device), folder)
+    out: dict[str, dict[str, int | None]] = {}
+    for gib in DEVICE_GIB:
+        room = int(gib * 2**30 * memory.SAFETY)
+        out[f"{gib} GiB"] = {
+            mode: memory.largest_width(replace(spec), device, room, on) for mode, on in (("off", False), ("on", True))
+        }
+    return out
+
+
+def memory_bench(
+    sizes: Sequence[int], precisions: Sequence[str], iterations: int, device: torch.device, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Every size x precision x checkpointing case, then the widest content per device size."""
+    cases = []
+    for width in sizes:
+        for precision in precisions:
+            for checkpointing in (False, True):
+                log(f"memory: {width} px {precision} checkpointing {'on' if checkpointing else 'off'} ...")
+                cases.append(run_case(width, precision, checkpointing, iterations, str(device)))
+                c = cases[-1]
+                log(f"  peak {c['peak_mib']:.0f} MiB, estimate {c['estimate_mib']:.0f} MiB, {c['s_per_it']:.2f} s/it")
+    with tempfile.TemporaryDirectory() as folder:
+        fits = {p: widest(device, p, Path(folder)) for p in precisions}
+    return {"cases": cases, "widest": fits, "device_type": device.type}
+
+
+def render(results: dict[str, Any], machine: str, command: str) -> str:
+    """memory.md: the measured peaks against the estimate, and the widest content per device size."""
+    cuda = results["device_type"] == "cuda"
+    peak = "max_memory_allocated" if cuda else "peak resident set (VmHWM) of the whole process"
+    lines = [
+        "# Memory: measured peak against the estimate",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine}  ",
+        f"VGG19 `original`, random weights, square content and style, Adam. Peak: {peak}; before: what the process "
+        "held before the transfer (interpreter, torch, Hydra); estimate: before + `engine.memory.estimate`.",
+        "",
+        "| width | precision | checkpointing | before MiB | peak MiB | estimate MiB | estimate / peak | s/it |",
+        "|---:|---|---|---:|---:|---:|---:|---:|",
+    ]
+    by_key = {(c["width"], c["precision"], c["checkpointing"]): c for c in results["cases"]}
+    for c in results["cases"]:
+        lines.append(
+            f"| {c['width']} | {c['precision']} | {'on' if c['checkpointing'] else 'off'} | {c['before_mib']:.0f} | "
+            f"{c['peak_mib']:.0f} | {c['estimate_mib']:.0f} | {c['estimate_mib'] / c['peak_mib']:.2f} | "
+            f"{c['s_per_it']:.2f} |"
+        )
+    lines += ["", "Checkpointing on against off at the same width and precision:", ""]
+    lines += ["| width | precision | peak on / off | s/it on / off |", "|---:|---|---:|---:|"]
+    for (width, precision, on), c in by_key.items():
+        off = by_key.get((width, precision, False))
+        if on and off:
+            lines.append(
+                f"| {width} | {precision} | {c['peak_mib'] / off['peak_mib']:.2f} | "
+                f"{c['s_per_it'] / off['s_per_it']:.2f} |"
+            )
+    lines += ["", f"Widest square content by the estimate ({memory.SAFETY:.0%} of the device's memory), px:", ""]
+    lines += ["| precision | device | checkpointing off | on |", "|---|---|---:|---:|"]
+    for precision, fits in results["widest"].items():
+        for gib, widths in fits.items():
+            lines.append(f"| {precision} | {gib} | {widths['off']} | {widths['on']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """One case, printed as JSON (what :func:`run_case` starts)."""
+    p = argparse.ArgumentParser("python -m ablation.bench.memory", description="one memory case (see --memory)")
+    for name, kind in (("width", int), ("precision", str), ("checkpointing", int), ("iterations", int)):
+        p.add_argument(name, type=kind)
+    p.add_argument("device", nargs="?", default="auto")
+    args = p.parse_args(argv)
+    case = measure_case(args.width, args.precision, bool(args.checkpointing), args.iterations, args.device)
+    print(json.dumps(case))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
