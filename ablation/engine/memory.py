@@ -1,7 +1,7 @@
 """Will the transfer fit? Its memory from the image sizes, counted as autograd holds it, before anything is allocated.
 
 One step of the loop keeps, until its backward pass, what each operation saves for it (:func:`saved_bytes`):
-a conv its input, ReLU and tanh their output, leaky ReLU its input, a max pool its input and int64 indices, a
+a conv its input, an activation its output, a max pool its input and int64 indices, a
 Gram its input (a float32 copy under bf16), the content loss the difference to its target, TV the image's two
 differences; the activations are 2 bytes under bf16 autocast, else 4. With activation checkpointing
 (``run.activation_checkpointing``) only each stage's input is kept, and one stage at a time is recomputed
@@ -34,7 +34,7 @@ from ablation.engine.errors import UserError
 from ablation.engine.images import content_size, image_size_wh, style_size
 from ablation.engine.inputs import resolve_image
 from ablation.engine.losses import LossWeights
-from ablation.engine.network import MIN_IMAGE_SIDE_PX, NetworkSpec, conv_shapes, final_activation_layer, layer_shapes
+from ablation.engine.network import MIN_IMAGE_SIDE_PX, NetworkSpec, conv_shapes, layer_shapes
 from ablation.engine.plan import RunSpec
 
 FLOAT_BYTES = 4
@@ -112,7 +112,6 @@ def saved_bytes(work: Workload, stage: tuple[int, int] | None = None) -> int:
     or for the layers ``[lo, hi)`` of one stage (its input excluded), for ``work.batch`` images."""
     shapes = layer_shapes(work.network.arch, work.last_layer, *work.content_hw)
     size = _activation_bytes(work.precision)
-    final = final_activation_layer(work.network, work.last_layer)
     content, style = _loss_layers(work.loss)
     lo, hi = stage or (0, len(shapes))
     kept: set[int] = set()  # layer indices whose output is held; -1 is the network's input
@@ -120,11 +119,10 @@ def saved_bytes(work: Workload, stage: tuple[int, int] | None = None) -> int:
     for i in range(lo, hi):
         layer = shapes[i]
         kind = layer.name.rstrip("_0123456789")
-        activation = work.network.final_activation if layer.name == final else work.network.activation
-        if kind == "conv" or (kind == "relu" and activation == "leaky_relu"):
+        if kind == "conv":
             kept.add(i - 1)  # its input
         elif kind == "relu":
-            kept.add(i)  # relu and tanh: their output
+            kept.add(i)  # every activation: its output (leaky ReLU runs in place, so it keeps its result too)
         elif kind == "pool" and work.network.pooling == "max":
             kept.add(i - 1)
             extra += INDEX_BYTES * layer.elements

@@ -121,10 +121,13 @@ class NetworkSpec:
 
 
 def _activation(kind: str, slope: float) -> nn.Module:
+    """In place where torch has it: a conv's output is read by nothing else (a conv saves its input, not its
+    output), so the activation overwrites it instead of allocating and filling another activation-sized tensor;
+    the backward then reads the activation's output, which the next layer keeps anyway."""
     if kind == "relu":
-        return nn.ReLU()
+        return nn.ReLU(inplace=True)
     if kind == "leaky_relu":
-        return nn.LeakyReLU(slope)
+        return nn.LeakyReLU(slope, inplace=True)
     if kind == "tanh":
         return nn.Tanh()
     raise ValueError(f"unknown activation {kind!r}: choose one of {', '.join(ACTIVATIONS)}")
