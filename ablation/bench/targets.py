@@ -1,4 +1,4 @@
-"""The issue's targets (issue 12) evaluated on a bench's results: each passes, fails, or says what it needs."""
+"""The issues' targets (issue 12, raised by issue 17 for the CPU) evaluated on a bench's results: each passes, fails, or says what it needs."""
 
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     batch_ok = not cpu and batched.get("seeds") == 4 and batched.get("size_px") == 256
     return [
         target("CPU fp32 speed-up over the strong baseline, VGG19 256 px", fp32 and fp32["speedup_strong"], ">=",
-               1.10, needs),
+               1.25, needs),
         target("CPU fp32 share of the per-layer kernel limit, VGG19 256 px", fp32 and fp32["limit_share"], ">=",
-               0.90, needs),
+               0.92, needs),
         target("CPU bf16 speed-up over our fp32, VGG19 256 px", bf16 and fp32 and fp32["median_ms"] / bf16["median_ms"],
                ">=", 1.7, f"fp32 and bf16 at 256 px{no_bf16}"),
         target("bf16 final total within 2% of fp32 (300 it, 128 px)",
