@@ -1,4 +1,5 @@
-"""The issues' targets (issue 12, raised by issue 17 for the CPU) evaluated on a bench's results: each passes, fails, or says what it needs."""
+"""The issues' targets (issue 12, the CPU's raised by issue 17) evaluated on a bench's results: each passes,
+fails, or says what it needs."""
 
 from __future__ import annotations
 
