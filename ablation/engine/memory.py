@@ -163,7 +163,7 @@ def loop_bytes(work: Workload) -> tuple[int, int]:
     backward begins, and the first stage's activations with the largest working set at its end; with it, the
     stages' inputs plus one stage recomputed, the largest of them."""
     size, parts = _activation_bytes(work.precision), stages(work)
-    working = [FLOAT_BYTES * work.batch * _largest(work, stage) for stage in parts]
+    working = [size * work.batch * _largest(work, stage) for stage in parts]  # a gradient has its activation's dtype
     if not work.checkpointing:
         first = saved_bytes(work, parts[0]) + work.batch * tv_bytes(work.content_hw)
         return max((saved_bytes(work), 0), (first, working[0]), key=sum)
