@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,7 @@ def widest(device: torch.device, precision: str, folder: Path) -> dict[str, dict
     for gib in DEVICE_GIB:
         room = int(gib * 2**30 * memory.SAFETY)
         out[f"{gib} GiB"] = {
-            mode: memory.largest_width(replace(spec), device, room, on) for mode, on in (("off", False), ("on", True))
+            mode: memory.largest_width(spec, device, room, on) for mode, on in (("off", False), ("on", True))
         }
     return out
 

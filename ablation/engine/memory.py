@@ -34,7 +34,7 @@ from ablation.engine.errors import UserError
 from ablation.engine.images import content_size, image_size_wh, style_size
 from ablation.engine.inputs import resolve_image
 from ablation.engine.losses import LossWeights
-from ablation.engine.network import MIN_IMAGE_SIDE_PX, NetworkSpec, conv_shapes, layer_shapes
+from ablation.engine.network import MIN_IMAGE_SIDE_PX, NetworkSpec, conv_shapes, layer_shapes, stage_bounds
 from ablation.engine.plan import RunSpec
 
 FLOAT_BYTES = 4
@@ -147,10 +147,8 @@ def tv_bytes(hw: tuple[int, int]) -> int:
 
 
 def stages(work: Workload) -> list[tuple[int, int]]:
-    """[lo, hi) of each stage, as ``VGGFeatures.stages``: a stage ends after its pool."""
-    names = [layer.name for layer in layer_shapes(work.network.arch, work.last_layer, 1, 1)]
-    ends = [i + 1 for i, name in enumerate(names) if name.startswith("pool")] + [len(names)]
-    return [(lo, hi) for lo, hi in zip([0, *ends], ends, strict=False) if hi > lo]
+    """[lo, hi) of each stage, as the checkpointed network runs them."""
+    return stage_bounds([layer.name for layer in layer_shapes(work.network.arch, work.last_layer, 1, 1)])
 
 
 def _largest(work: Workload, stage: tuple[int, int]) -> int:

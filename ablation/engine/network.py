@@ -256,9 +256,8 @@ class VGGFeatures(nn.Module):
         return out
 
     def stages(self) -> list[tuple[int, int]]:
-        """[lo, hi) layer indices of each stage: a stage ends after its pool (the last one at ``last_layer``)."""
-        ends = [i + 1 for i, name in enumerate(self.names) if name.startswith("pool")] + [len(self.names)]
-        return [(lo, hi) for lo, hi in zip([0, *ends], ends, strict=False) if hi > lo]
+        """[lo, hi) layer indices of each stage (:func:`stage_bounds`)."""
+        return stage_bounds(self.names)
 
     def _run(
         self, lo: int, hi: int, reducers: Mapping[str, Callable[[torch.Tensor], Any]], x: torch.Tensor
@@ -270,6 +269,13 @@ class VGGFeatures(nn.Module):
                 with torch.autocast(x.device.type, enabled=False):
                     reduced[name] = reducers[name](x)
         return x, reduced
+
+
+def stage_bounds(names: Sequence[str]) -> list[tuple[int, int]]:
+    """[lo, hi) indices of each stage of a layer list: a stage ends after its pool (the last one at the list's end).
+    The checkpointed segments, and the memory estimate's view of them."""
+    ends = [i + 1 for i, name in enumerate(names) if name.startswith("pool")] + [len(names)]
+    return [(lo, hi) for lo, hi in zip([0, *ends], ends, strict=False) if hi > lo]
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
