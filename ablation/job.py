@@ -95,10 +95,12 @@ def plan(config: dict[str, Any], sweep: SweepJob | None) -> Job:
     a single run's first contact fails in seconds (a mistyped address, a server not started)."""
     spec = from_config(config)
     device = pick_device(spec.device)
-    if spec.images.width != "max":
+    widest = spec.images.width == "max"
+    if not widest:
         check_input_sizes(spec)  # a bad image is refused before the memory check reads its size
     spec = memory.fit(spec, device, check=config["run"]["memory_check"])
-    check_input_sizes(spec)
+    if widest:
+        check_input_sizes(spec)  # at the width the memory check chose
     config = as_run(config, spec)
     tolerance.configure(config["run"]["tracking_outage_s"], config["tracking"]["unsent_dir"])
     experiment_id = connection.open_store(config["tracking"]["experiment"], patient=sweep is not None)
