@@ -75,7 +75,7 @@ def measure_case(width: int, precision: str, checkpointing: bool, iterations: in
     """One case in this process (a fresh one: ``run_case``): estimate, measured peak, seconds per iteration."""
     device = pick_device(device_name)
     with tempfile.TemporaryDirectory() as folder:
-        spec = case_spec(width, precision, checkpointing, str(device), Path(folder))
+        spec = memory.fit(case_spec(width, precision, checkpointing, str(device), Path(folder)), device, check=False)
         work = memory.workload(spec, device, checkpointing)
         estimate = memory.estimate(work, device.type)
         before = 0.0 if device.type == "cuda" else _status_mib("VmRSS")
@@ -90,6 +90,7 @@ def measure_case(width: int, precision: str, checkpointing: bool, iterations: in
     parts = {k: v / MIB for k, v in asdict(estimate).items()}
     return {
         "width": width, "precision": precision, "checkpointing": checkpointing, "iterations": iterations,
+        "recomputed_stages": spec.engine.recomputed_stages,
         "before_mib": before, "peak_mib": peak, "estimate_mib": before + estimate.total_bytes / MIB,
         "s_per_it": seconds, "parts_mib": parts,
     }  # fmt: skip
@@ -136,6 +137,10 @@ def memory_bench(
     return {"cases": cases, "widest": fits, "device_type": device.type}
 
 
+def _mode(case: dict) -> str:
+    return f"on ({case.get('recomputed_stages')} stages recomputed)" if case["checkpointing"] else "off"
+
+
 def render(results: dict[str, Any], machine: str, command: str) -> str:
     """memory.md: the measured peaks against the estimate, and the widest content per device size."""
     cuda = results["device_type"] == "cuda"
@@ -154,7 +159,7 @@ def render(results: dict[str, Any], machine: str, command: str) -> str:
     by_key = {(c["width"], c["precision"], c["checkpointing"]): c for c in results["cases"]}
     for c in results["cases"]:
         lines.append(
-            f"| {c['width']} | {c['precision']} | {'on' if c['checkpointing'] else 'off'} | {c['before_mib']:.0f} | "
+            f"| {c['width']} | {c['precision']} | {_mode(c)} | {c['before_mib']:.0f} | "
             f"{c['peak_mib']:.0f} | {c['estimate_mib']:.0f} | {c['estimate_mib'] / c['peak_mib']:.2f} | "
             f"{c['s_per_it']:.2f} |"
         )

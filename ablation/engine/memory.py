@@ -1,12 +1,13 @@
 """Will the transfer fit? Its memory from the image sizes, counted as autograd holds it, before anything is allocated.
 
 One step of the loop keeps, until its backward pass, what each operation saves for it (:func:`saved_bytes`):
-a conv its input, an activation its output, a max pool its input and int64 indices, a
-Gram its input (a float32 copy under bf16), the content loss the difference to its target, TV the image's two
-differences; the activations are 2 bytes under bf16 autocast, else 4. With activation checkpointing
-(``run.activation_checkpointing``) only each stage's input is kept, and one stage at a time is recomputed
-and held during the backward pass. The backward pass adds its working set: the gradient of the stage's
-largest activation (measured: what it makes beyond that is freed as fast, as each node frees what it saved).
+a conv its input, an activation its output, a max pool its input and int64 indices (none in a recomputed
+stage of a ReLU network: ``network.LeanReluMaxPool``), a Gram its input (a float32 copy under bf16), the
+content loss the difference to its target, TV the image's two differences; the activations are 2 bytes under
+bf16 autocast, else 4. With activation checkpointing (``run.activation_checkpointing``) the leading stages keep
+only their inputs and are recomputed one at a time in the backward pass (the fewest that give the lowest peak:
+:func:`recomputed_stages`). The backward pass adds its working set: the gradient of the stage's largest
+activation (measured: what it makes beyond that is freed as fast, as each node frees what it saved).
 
 Around the loop: the image, its gradient, Adam's two moments, the best image and Adam's temporaries (7
 image-sized tensors per seed), the targets (content activations, Grams), the targets' own pass (content and
@@ -107,9 +108,10 @@ def _loss_layers(loss: LossWeights) -> tuple[set[str], set[str]]:
     return content, style
 
 
-def saved_bytes(work: Workload, stage: tuple[int, int] | None = None) -> int:
+def saved_bytes(work: Workload, stage: tuple[int, int] | None = None, lean: bool = False) -> int:
     """What autograd keeps of one step's forward pass for the backward (module docstring), for the whole network
-    or for the layers ``[lo, hi)`` of one stage (its input excluded), for ``work.batch`` images."""
+    or for the layers ``[lo, hi)`` of one stage (its input excluded), for ``work.batch`` images; ``lean``: the
+    stage is recomputed, its max pools keep no indices where a ReLU precedes them."""
     shapes = layer_shapes(work.network.arch, work.last_layer, *work.content_hw)
     size = _activation_bytes(work.precision)
     content, style = _loss_layers(work.loss)
@@ -125,7 +127,8 @@ def saved_bytes(work: Workload, stage: tuple[int, int] | None = None) -> int:
             kept.add(i)  # every activation: its output (leaky ReLU runs in place, so it keeps its result too)
         elif kind == "pool" and work.network.pooling == "max":
             kept.add(i - 1)
-            extra += INDEX_BYTES * layer.elements
+            indices = not (lean and work.network.activation == "relu")  # else network.LeanReluMaxPool
+            extra += INDEX_BYTES * layer.elements if indices else 0
         if layer.name in content:
             extra += FLOAT_BYTES * layer.elements  # F - P
     for i in range(lo, hi):  # a Gram's input: shared with a held activation in float32, else its own
@@ -156,13 +159,14 @@ def _largest(work: Workload, stage: tuple[int, int]) -> int:
     return max(layer.elements for layer in shapes[stage[0] : stage[1]])
 
 
-def loop_bytes(work: Workload) -> tuple[int, int]:
-    """(kept, backward working set) of one step at its peak: without checkpointing everything is kept as the
-    backward begins, and the first stage's activations with the largest working set at its end; with it, the
-    stages' inputs plus one stage recomputed, the largest of them."""
+def loop_peak(work: Workload, recomputed: int) -> tuple[int, int]:
+    """(kept, backward working set) of one step at its peak, the leading ``recomputed`` stages recomputed.
+    Without checkpointing everything is kept as the backward begins, and the first stage's activations with the
+    largest working set at its end. With it, each stage's backward (last to first) holds the stages' inputs,
+    what the stages before it that are not recomputed keep, and its own activations with its working set."""
     size, parts = _activation_bytes(work.precision), stages(work)
     working = [size * work.batch * _largest(work, stage) for stage in parts]  # a gradient has its activation's dtype
-    if not work.checkpointing:
+    if not recomputed:
         first = saved_bytes(work, parts[0]) + work.batch * tv_bytes(work.content_hw)
         return max((saved_bytes(work), 0), (first, working[0]), key=sum)
     shapes = layer_shapes(work.network.arch, work.last_layer, *work.content_hw)
@@ -170,7 +174,23 @@ def loop_bytes(work: Workload) -> tuple[int, int]:
     # pools' outputs, and TV's differences
     inputs = sum(size * work.batch * shapes[hi - 1].elements for _, hi in parts[:-1])
     inputs += work.batch * tv_bytes(work.content_hw)
-    return max(((inputs + saved_bytes(work, stage), w) for stage, w in zip(parts, working, strict=True)), key=sum)
+    saved = [saved_bytes(work, stage, lean=k < recomputed) for k, stage in enumerate(parts)]
+    return max(((inputs + sum(saved[recomputed:j]) + saved[j], working[j]) for j in range(len(parts))), key=sum)
+
+
+def recomputed_stages(work: Workload) -> int:
+    """The fewest leading stages whose recomputation gives the peak of recomputing them all: the deep stages'
+    activations are small, so keeping them costs no memory at the peak (the first stage's backward) and saves
+    their second forward (at 2048 px VGG19 recomputes 2 of 5 stages, a quarter of the forward's FLOPs)."""
+    n = len(stages(work))
+    lowest = sum(loop_peak(work, n))
+    return next(k for k in range(1, n + 1) if sum(loop_peak(work, k)) <= lowest)
+
+
+def loop_bytes(work: Workload) -> tuple[int, int]:
+    """(kept, backward working set) of one step at its peak (:func:`loop_peak`), with the stages checkpointing
+    recomputes (:func:`recomputed_stages`)."""
+    return loop_peak(work, recomputed_stages(work) if work.checkpointing else 0)
 
 
 def _no_grad_pass(work: Workload, hw: tuple[int, int], kept_layers: set[str]) -> int:
@@ -297,7 +317,8 @@ def fit(spec: RunSpec, device: torch.device, check: bool = True) -> RunSpec:
         spec = replace(spec, images=replace(spec.images, width=width))
         log.warning("images.width=max: %d px, the widest that fits %.1f GiB free on %s", width, free / 2**30, device)
     chosen = next((m for m in modes if room is not None and _fits(spec, device, room, m)), modes[0])
-    spec = replace(spec, engine=replace(spec.engine, checkpointing=chosen))
+    recomputed = recomputed_stages(workload(spec, device, True)) if chosen else None
+    spec = replace(spec, engine=replace(spec.engine, checkpointing=chosen, recomputed_stages=recomputed))
     if check and room is not None and not _fits(spec, device, room, chosen):
         raise MemoryEstimateError(refusal(spec, device, free, room))
     return spec

@@ -142,6 +142,46 @@ def _pool(kind: str) -> nn.Module:
     raise ValueError(f"unknown pooling {kind!r}: choose max or avg")
 
 
+#: The lean ReLU + max pool's backward recomputes the pool's indices this many channel slices at a time.
+LEAN_POOL_SLICES = 16
+_POOL_ARGS = ([2, 2], [2, 2], [0, 0], [1, 1], True)  # 2x2/2, no padding, ceil mode: _pool's max pool
+
+
+class LeanReluMaxPool(torch.autograd.Function):
+    """ReLU (in place) then 2x2/2 max pooling, for checkpointed stages: returns (activation, pooled).
+
+    Autograd would keep the pool's int64 indices (half an activation's bytes in float32) and the ReLU's backward
+    would allocate a fresh activation-sized gradient beside the one the pool's backward made: at 2048 px the
+    first stage's backward peaked at four 1 GiB tensors, the run's peak. Here the indices are recomputed from
+    the kept activation in the backward pass, a few channels at a time (the same kernel on the same values: the
+    same indices), and the ReLU's mask is applied to the pool's gradient in place: the same numbers, one
+    activation-sized tensor less at the peak."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.set_materialize_grads(False)
+        x.relu_()
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        return x, nn.functional.max_pool2d(x.detach(), 2, 2, ceil_mode=True)  # detached: no indices made
+
+    @staticmethod
+    def backward(ctx: Any, grad_activation: torch.Tensor | None, grad_pooled: torch.Tensor | None) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        grad = torch.zeros_like(y) if grad_pooled is None else torch.empty_like(y)
+        step = -(-y.shape[1] // LEAN_POOL_SLICES)
+        for channels in (slice(lo, lo + step) for lo in range(0, y.shape[1], step)):
+            part, out = y[:, channels], grad[:, channels]
+            if grad_pooled is not None:
+                _, indices = torch.ops.aten.max_pool2d_with_indices(part, *_POOL_ARGS)
+                args = (grad_pooled[:, channels], part, *_POOL_ARGS, indices)
+                out.copy_(torch.ops.aten.max_pool2d_with_indices_backward(*args))
+            if grad_activation is not None:  # the activation is read by a loss too
+                out.add_(grad_activation[:, channels])
+            out.masked_fill_(part <= 0, 0)  # ReLU's backward: threshold_backward(grad, y, 0), in place
+        return grad
+
+
 def deepest(arch: str, layers: Iterable[str]) -> str:
     """The layer, of ``layers``, that comes last in the network."""
     order = {name: i for i, name in enumerate(layer_names(arch))}
@@ -225,6 +265,12 @@ class VGGFeatures(nn.Module):
             else:
                 layers.append(_pool(spec.pooling))
         self.layers = nn.ModuleList(layers)
+        #: ReLUs a max pool follows: checkpointed stages run each pair as one lean step (LeanReluMaxPool)
+        self.relu_before_max_pool = {
+            i
+            for i in range(len(layers) - 1)
+            if isinstance(layers[i], nn.ReLU) and isinstance(layers[i + 1], nn.MaxPool2d)
+        }
         self.requires_grad_(False)
         self.eval()
 
@@ -237,21 +283,24 @@ class VGGFeatures(nn.Module):
         return self.reduce(image, dict.fromkeys(wanted, _identity))
 
     def reduce(
-        self, image: torch.Tensor, reducers: Mapping[str, Callable[[torch.Tensor], Any]], checkpointed: bool = False
+        self, image: torch.Tensor, reducers: Mapping[str, Callable[[torch.Tensor], Any]], recomputed: int = 0
     ) -> dict[str, Any]:
         """``reducers[name](activation)`` for each named layer, computed where the activation is made and
         outside autocast (losses stay in float32), for ``image`` [B, 3, H, W] in pixel space.
 
-        ``checkpointed``: each stage (its convs and activations, its reductions and the pool after it) is one
-        ``torch.utils.checkpoint`` segment, recomputed in the backward pass, so autograd keeps only the
-        stages' inputs and the reductions' outputs between the passes instead of every activation. The
-        numbers are the same; the price is one more forward per step.
+        ``recomputed``: the leading stages (their convs and activations, reductions and the pool after each) run
+        as ``torch.utils.checkpoint`` segments, recomputed in the backward pass, so autograd keeps only their
+        inputs and the reductions' outputs between the passes instead of every activation, and a ReLU with the
+        max pool after it runs as one lean step (:class:`LeanReluMaxPool`). The numbers are the same; the price
+        is one more forward of those stages per step (``memory.recomputed_stages``: the fewest that give the
+        lowest peak, since the deep stages' activations are small).
         """
         out: dict[str, Any] = {}
         x = image
-        for lo, hi in self.stages():
-            run = partial(self._run, lo, hi, reducers)
-            x, reduced = checkpoint(run, x, use_reentrant=False) if checkpointed else run(x)
+        for k, (lo, hi) in enumerate(self.stages()):
+            lean = k < recomputed
+            run = partial(self._run, lo, hi, reducers, lean)
+            x, reduced = checkpoint(run, x, use_reentrant=False) if lean else run(x)
             out.update(reduced)
         return out
 
@@ -260,11 +309,19 @@ class VGGFeatures(nn.Module):
         return stage_bounds(self.names)
 
     def _run(
-        self, lo: int, hi: int, reducers: Mapping[str, Callable[[torch.Tensor], Any]], x: torch.Tensor
+        self,
+        lo: int,
+        hi: int,
+        reducers: Mapping[str, Callable[[torch.Tensor], Any]],
+        lean: bool,
+        x: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        reduced = {}
-        for name, layer in zip(self.names[lo:hi], self.layers[lo:hi], strict=True):
-            x = layer(x)
+        reduced, pooled = {}, None
+        for i, (name, layer) in enumerate(zip(self.names[lo:hi], self.layers[lo:hi], strict=True), start=lo):
+            if lean and i in self.relu_before_max_pool:
+                x, pooled = LeanReluMaxPool.apply(x)
+            else:
+                x = pooled if lean and i - 1 in self.relu_before_max_pool else layer(x)
             if name in reducers:
                 with torch.autocast(x.device.type, enabled=False):
                     reduced[name] = reducers[name](x)

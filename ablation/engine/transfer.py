@@ -73,14 +73,23 @@ class EngineOptions:
     function (network, Grams, losses) through ``torch.compile``. Convolutions dominate and compile calls
     the same conv kernels, so it can only save launches and elementwise passes: measured no gain on a
     CPU (``python -m ablation.bench --compile`` says whether it pays on a given GPU). ``checkpointing``:
-    recompute each stage in the backward pass instead of keeping its activations (``"auto"``: the memory
-    check turns it on only when the run fits with it and not without, ``memory.resolve``).
+    recompute the leading ``recomputed_stages`` stages (None: all) in the backward pass instead of keeping
+    their activations (``"auto"``: the memory check turns it on only when the run fits with it and not
+    without, and sets the fewest stages that give the lowest peak, ``memory.fit``).
     """
 
     precision: str = "fp32"
     channels_last: bool | str = False  # True | False | "auto"
     compile: bool = False
     checkpointing: bool | str = False  # True | False | "auto": activation checkpointing (VGGFeatures.reduce)
+    recomputed_stages: int | None = None
+
+
+def recomputed_stages(net: VGGFeatures, options: EngineOptions) -> int:
+    """How many leading stages of ``net`` the loss recomputes in its backward pass (0: checkpointing off)."""
+    if options.checkpointing is not True:
+        return 0
+    return len(net.stages()) if options.recomputed_stages is None else options.recomputed_stages
 
 
 @dataclass
@@ -148,7 +157,7 @@ def loss_terms(
     net_input = image.contiguous(memory_format=torch.channels_last) if nhwc else image
     autocast = torch.autocast(image.device.type, dtype=torch.bfloat16) if options.precision == "bf16" else nullcontext()
     with autocast:
-        reduced = net.reduce(net_input, layer_reducers(targets), options.checkpointing is True)
+        reduced = net.reduce(net_input, layer_reducers(targets), recomputed_stages(net, options))
     distances = {kind: {n: r[kind] for n, r in reduced.items() if kind in r} for kind in ("content", "style")}
     content = (
         content_loss(distances["content"], w.content_layer_weights(), w.content_weight) if targets.content else zero

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import importlib.util
 import re
 import urllib.error
 from dataclasses import dataclass, field
@@ -115,6 +116,18 @@ def _convs_from_state_dict(state: dict[str, torch.Tensor], arch: str, origin: st
             )
         convs.append((weight, bias.reshape(-1)))
     return convs
+
+
+def torchvision_version() -> str:
+    """``torchvision.__version__`` (its build tag included, e.g. ``0.29.1+cu130``) read from its ``version.py``:
+    importing torchvision imports its models and with them torch._dynamo, 2 s in every run process that never
+    loads torchvision's weights."""
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return "not installed"
+    text = Path(spec.submodule_search_locations[0], "version.py").read_text()
+    found = re.search(r"^__version__ = ['\"]([^'\"]+)", text, re.MULTILINE)
+    return found.group(1) if found else "unknown"
 
 
 def torchvision_weights(arch: str) -> VGGWeights:

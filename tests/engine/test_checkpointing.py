@@ -1,5 +1,6 @@
 """Activation checkpointing changes memory, not numbers: the losses and the image at every step equal the run
-without it (1e-6 relative over 20 steps), in every layout and precision, for pooling and activation variants."""
+without it (1e-6 relative over 20 steps), in every layout and precision, for pooling and activation variants,
+with every stage recomputed or only the leading ones."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from ablation.engine.losses import LossWeights
-from ablation.engine.network import NetworkSpec, VGGFeatures
+from ablation.engine.network import LeanReluMaxPool, NetworkSpec, VGGFeatures
 from ablation.engine.transfer import EngineOptions, compute_targets, initial_image, new_state, stylize
 from ablation.engine.weights import random_weights
 
@@ -28,19 +29,22 @@ def run(spec: NetworkSpec, options: EngineOptions) -> tuple[torch.Tensor, torch.
 
 
 @pytest.mark.parametrize(
-    ("spec", "precision", "channels_last"),
+    ("spec", "precision", "channels_last", "stages"),
     [
-        (NetworkSpec(), "fp32", False),
-        (NetworkSpec(), "fp32", True),
-        (NetworkSpec(), "bf16", True),
-        (NetworkSpec(pooling="avg", activation="leaky_relu", final_activation="tanh"), "fp32", False),
-        (NetworkSpec(arch="vgg16"), "fp32", True),
+        (NetworkSpec(), "fp32", False, None),
+        (NetworkSpec(), "fp32", True, None),
+        (NetworkSpec(), "bf16", True, None),
+        (NetworkSpec(pooling="avg", activation="leaky_relu", final_activation="tanh"), "fp32", False, None),
+        (NetworkSpec(arch="vgg16"), "fp32", True, None),
+        (NetworkSpec(), "fp32", True, 2),
     ],
-    ids=["nchw", "nhwc", "bf16", "avg-leaky-tanh", "vgg16"],
+    ids=["nchw", "nhwc", "bf16", "avg-leaky-tanh", "vgg16", "nhwc-2-of-5-stages"],
 )
-def test_checkpointed_steps_equal_the_plain_run(spec: NetworkSpec, precision: str, channels_last: bool) -> None:
+def test_checkpointed_steps_equal_the_plain_run(
+    spec: NetworkSpec, precision: str, channels_last: bool, stages: int | None
+) -> None:
     plain = run(spec, EngineOptions(precision, channels_last, checkpointing=False))
-    lean = run(spec, EngineOptions(precision, channels_last, checkpointing=True))
+    lean = run(spec, EngineOptions(precision, channels_last, checkpointing=True, recomputed_stages=stages))
     assert plain[0].shape == (STEPS + 1, 1, 4)
     torch.testing.assert_close(lean[0], plain[0], rtol=1e-6, atol=0)
     torch.testing.assert_close(lean[1], plain[1], rtol=1e-6, atol=1e-6)
@@ -50,3 +54,30 @@ def test_a_stage_ends_after_its_pool() -> None:
     net = VGGFeatures(NetworkSpec(), random_weights("vgg19", 0).convs, "relu4_2")
     bounds = [(net.names[lo], net.names[hi - 1]) for lo, hi in net.stages()]
     assert bounds == [("conv1_1", "pool1"), ("conv2_1", "pool2"), ("conv3_1", "pool3"), ("conv4_1", "relu4_2")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lean_relu_max_pool_equals_relu_then_max_pool_bit_for_bit(dtype: torch.dtype, channels_last: bool) -> None:
+    """The checkpointed stages' fused ReLU + pool: the same activation, pooled values and input gradient as
+    nn.ReLU(inplace=True) then the 2x2/2 ceil-mode max pool, with ties (a flat region) and odd sides."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 40, 9, 11).to(dtype)
+    x[:, :, :4, :4] = 0.5  # ties inside windows: the pool must pick the same cell
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weights = torch.randn(2, 40, 9, 11).to(dtype), torch.randn(2, 40, 5, 6).to(dtype)
+    results = []
+    for fused in (False, True):
+        leaf = x.clone().requires_grad_(True)
+        conv_out = leaf * 1  # as a conv's output: a fresh tensor the ReLU may overwrite
+        if fused:
+            act, pooled = LeanReluMaxPool.apply(conv_out)
+        else:
+            act = torch.relu_(conv_out)
+            pooled = torch.nn.functional.max_pool2d(act, 2, 2, ceil_mode=True)
+        ((act * weights[0]).sum() + (pooled * weights[1]).sum()).backward()
+        results.append((act.detach(), pooled.detach(), leaf.grad))
+    for plain, lean in zip(*results, strict=True):
+        assert torch.equal(plain, lean)
+    assert results[1][1].shape == (2, 40, 5, 6)
