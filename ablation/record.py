@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torchvision
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
@@ -41,6 +40,7 @@ from ablation.engine.images import save_png
 from ablation.engine.plan import RunSpec
 from ablation.engine.prepare import Problem
 from ablation.engine.transfer import LOSS_NAMES, DivergenceError, Progress, TransferState
+from ablation.engine.weights import torchvision_version
 from ablation.spec import seed_config
 from ablation.stopping import Interrupted, StopRequest, stop_on_signals
 from ablation.store import connection, lookup, outbox, tolerance
@@ -81,7 +81,7 @@ def run_params(job: Job, problem: Problem, seed: int) -> dict[str, Any]:
         **flatten(seed_config(job.config, seed)),
         "device": str(problem.device),
         "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__,
+        "torchvision_version": torchvision_version(),
         "weights_source": w.source,
         "weights_sha256": w.sha256,
         "weights_location": w.location,

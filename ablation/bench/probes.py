@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from ablation.engine.backends import configure_backends, native_bf16
@@ -20,6 +19,7 @@ from ablation.engine.hardware import describe, synchronize, timed
 from ablation.engine.losses import gram
 from ablation.engine.network import LayerShape, VGGFeatures, layer_shapes
 from ablation.engine.transfer import EngineOptions
+from ablation.engine.weights import torchvision_version
 
 Timer = Callable[[Callable[[], Any]], float]
 #: Seconds of timed blocks per single-kernel peak, and per kernel of the per-layer limit.
@@ -173,7 +173,7 @@ def machine(device: torch.device) -> dict[str, Any]:
         **hardware.params(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": torchvision_version(),
         "python": platform.python_version(),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -128,3 +129,16 @@ def resume_study(storage_url: str, study_name: str | None, directions: list[Any]
         + (f" (trials {picked} again: their tuner ended)" if picked else "")
     )
     return storage, to_go
+
+
+class StoredStudySweeper(OptunaSweeperImpl):
+    """hydra-optuna-sweeper's sweep, started on the stored study after picking up what a dead tuner left."""
+
+    def sweep(self, arguments: list[str]) -> None:
+        if self.storage is not None:
+            self.storage, self.n_trials = resume_study(
+                str(self.storage), self.study_name, self._get_directions(), self.n_trials
+            )
+            if hasattr(self.sampler, "reseed_rng"):  # a seeded sampler would propose the study's first trials again
+                self.sampler.reseed_rng()
+        return super().sweep(arguments)

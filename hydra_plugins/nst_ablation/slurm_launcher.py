@@ -28,7 +28,6 @@ from omegaconf import OmegaConf
 from submitit.core.utils import UncompletedJobError
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
-from ablation.store import sweeps
 from ablation.store.outcome import Outcome, outcome_record
 
 log = logging.getLogger(__name__)
@@ -132,6 +131,8 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         except UncompletedJobError:
             message = lost_job_message(job)
         log.error(f"job {num}: {message}")
+        from ablation.store import sweeps  # noqa: PLC0415 - MLflow only when a job is lost, not in every compose
+
         sweeps.record_lost(Path(str(self.config.hydra.sweep.dir)), num, list(overrides), message)
         failed = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
         failed.return_value = outcome_record(Outcome.FAILED, None, message)
