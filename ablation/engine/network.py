@@ -142,20 +142,38 @@ def _pool(kind: str) -> nn.Module:
     raise ValueError(f"unknown pooling {kind!r}: choose max or avg")
 
 
-#: The lean ReLU + max pool's backward recomputes the pool's indices this many channel slices at a time.
-LEAN_POOL_SLICES = 16
+#: The lean ReLU + max pool's backward works on pieces of about this many bytes of the activation (whole when
+#: smaller), so that recomputing the indices adds little beside the backward's peak.
+LEAN_POOL_PIECE_BYTES = 64 * 2**20
 _POOL_ARGS = ([2, 2], [2, 2], [0, 0], [1, 1], True)  # 2x2/2, no padding, ceil mode: _pool's max pool
 
 
+def _pieces(y: torch.Tensor) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """Index tuples (activation, pooled) of the pieces a lean pool's backward works on: the whole tensor when
+    small, else whole channels (NCHW) or an even number of whole rows (NHWC, so that no 2x2 window is cut),
+    the axis along which a piece is one block of memory."""
+    n, full = -(-y.numel() * y.element_size() // LEAN_POOL_PIECE_BYTES), slice(None)
+    if n <= 1:
+        return [((), ())]
+    if y.is_contiguous():
+        step = -(-y.shape[1] // n)
+        return [((full, slice(c, c + step)),) * 2 for c in range(0, y.shape[1], step)]
+    step = 2 * -(-y.shape[2] // (2 * n))
+    return [
+        ((full, full, slice(r, r + step)), (full, full, slice(r // 2, (r + step) // 2)))
+        for r in range(0, y.shape[2], step)
+    ]
+
+
 class LeanReluMaxPool(torch.autograd.Function):
-    """ReLU (in place) then 2x2/2 max pooling, for checkpointed stages: returns (activation, pooled).
+    """ReLU (in place) then 2x2/2 max pooling, for recomputed stages: returns (activation, pooled).
 
     Autograd would keep the pool's int64 indices (half an activation's bytes in float32) and the ReLU's backward
     would allocate a fresh activation-sized gradient beside the one the pool's backward made: at 2048 px the
     first stage's backward peaked at four 1 GiB tensors, the run's peak. Here the indices are recomputed from
-    the kept activation in the backward pass, a few channels at a time (the same kernel on the same values: the
-    same indices), and the ReLU's mask is applied to the pool's gradient in place: the same numbers, one
-    activation-sized tensor less at the peak."""
+    the kept activation in the backward pass, piece by piece (:func:`_pieces`; the same kernel on the same
+    values: the same indices), and the ReLU's mask is applied to the pool's gradient in place: the same
+    numbers, one activation-sized tensor less at the peak."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,17 +186,23 @@ class LeanReluMaxPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_activation: torch.Tensor | None, grad_pooled: torch.Tensor | None) -> torch.Tensor:
         (y,) = ctx.saved_tensors
-        grad = torch.zeros_like(y) if grad_pooled is None else torch.empty_like(y)
-        step = -(-y.shape[1] // LEAN_POOL_SLICES)
-        for channels in (slice(lo, lo + step) for lo in range(0, y.shape[1], step)):
-            part, out = y[:, channels], grad[:, channels]
-            if grad_pooled is not None:
+        pieces = _pieces(y)
+        grad = torch.empty_like(y) if len(pieces) > 1 else None
+        for at, pooled_at in pieces:
+            part = y[at]
+            if grad_pooled is None:
+                piece = torch.zeros_like(part)
+            else:
                 _, indices = torch.ops.aten.max_pool2d_with_indices(part, *_POOL_ARGS)
-                args = (grad_pooled[:, channels], part, *_POOL_ARGS, indices)
-                out.copy_(torch.ops.aten.max_pool2d_with_indices_backward(*args))
+                piece = torch.ops.aten.max_pool2d_with_indices_backward(
+                    grad_pooled[pooled_at], part, *_POOL_ARGS, indices
+                )
             if grad_activation is not None:  # the activation is read by a loss too
-                out.add_(grad_activation[:, channels])
-            out.masked_fill_(part <= 0, 0)  # ReLU's backward: threshold_backward(grad, y, 0), in place
+                piece.add_(grad_activation[at])
+            piece.masked_fill_(part <= 0, 0)  # ReLU's backward: threshold_backward(grad, y, 0), in place
+            if grad is None:
+                return piece
+            grad[at] = piece
         return grad
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ablation.engine import network
 from ablation.engine.losses import LossWeights
 from ablation.engine.network import LeanReluMaxPool, NetworkSpec, VGGFeatures
 from ablation.engine.transfer import EngineOptions, compute_targets, initial_image, new_state, stylize
@@ -56,11 +57,16 @@ def test_a_stage_ends_after_its_pool() -> None:
     assert bounds == [("conv1_1", "pool1"), ("conv2_1", "pool2"), ("conv3_1", "pool3"), ("conv4_1", "relu4_2")]
 
 
+@pytest.mark.parametrize("piece_bytes", [2**26, 4096], ids=["whole", "in-pieces"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_lean_relu_max_pool_equals_relu_then_max_pool_bit_for_bit(dtype: torch.dtype, channels_last: bool) -> None:
-    """The checkpointed stages' fused ReLU + pool: the same activation, pooled values and input gradient as
-    nn.ReLU(inplace=True) then the 2x2/2 ceil-mode max pool, with ties (a flat region) and odd sides."""
+def test_lean_relu_max_pool_equals_relu_then_max_pool_bit_for_bit(
+    dtype: torch.dtype, channels_last: bool, piece_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recomputed stages' fused ReLU + pool: the same activation, pooled values and input gradient as
+    nn.ReLU(inplace=True) then the 2x2/2 ceil-mode max pool, with ties (a flat region) and odd sides, its
+    backward on the whole tensor or in pieces (whole channels in NCHW, pairs of rows in NHWC)."""
+    monkeypatch.setattr(network, "LEAN_POOL_PIECE_BYTES", piece_bytes)
     torch.manual_seed(0)
     x = torch.randn(2, 40, 9, 11).to(dtype)
     x[:, :, :4, :4] = 0.5  # ties inside windows: the pool must pick the same cell
@@ -81,3 +87,4 @@ def test_lean_relu_max_pool_equals_relu_then_max_pool_bit_for_bit(dtype: torch.d
     for plain, lean in zip(*results, strict=True):
         assert torch.equal(plain, lean)
     assert results[1][1].shape == (2, 40, 5, 6)
+    assert (len(network._pieces(x)) > 1) == (piece_bytes == 4096)  # the backward did work in pieces
