@@ -1,5 +1,5 @@
 """A sweep's cost before it starts: the cost model by hand, the job list Hydra's sweeper will run, reuse by
-fingerprint, and (slow) a tiny sweep whose estimate is within 2x of what it took."""
+fingerprint, and (slow) a tiny sweep whose estimate is within 3x of what it took."""
 
 from __future__ import annotations
 
@@ -69,8 +69,11 @@ def test_jobs_with_one_fingerprint_run_once(store):
 
 
 @pytest.mark.slow
-def test_a_tiny_sweeps_estimate_is_within_2x_of_what_it_took(tmp_path):
-    """4 jobs at 32 px, 10 iterations: the estimate printed before the first job, the time tagged after the last."""
+def test_a_tiny_sweeps_estimate_is_within_3x_of_what_it_took(tmp_path):
+    """4 jobs at 32 px, 10 iterations: the estimate printed before the first job, the time tagged after the last.
+    The estimate times the machine once, before the jobs; ``make test`` runs this beside the SLURM and server tests
+    on 2 cores, whose load comes and goes: took / estimated was 0.63 alone and 2.4 there (a 2x bound failed once
+    in CI). 3x still catches a model that misses a factor (the seeds, the iterations, a scale)."""
     done = run_sweep(
         tmp_path, "sweep", "experiment=conditions", "variant=original,avg_pool", "condition=base,style5000",
         "run.seed=0", "run.iterations=10", timeout_s=900,
@@ -84,5 +87,5 @@ def test_a_tiny_sweeps_estimate_is_within_2x_of_what_it_took(tmp_path):
     experiment = client.get_experiment_by_name("nst-ablation").experiment_id
     parent = client.search_runs([experiment], "tags.sweep_role = 'parent'")[0]
     estimated, took = float(parent.data.tags["sweep_estimate_s"]), float(parent.data.tags["sweep_took_s"])
-    assert 0.5 <= took / estimated <= 2.0, (took, estimated)
+    assert 1 / 3 <= took / estimated <= 3.0, (took, estimated)
     assert math.isfinite(took) and "took " in done.stderr
