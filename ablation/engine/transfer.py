@@ -85,7 +85,7 @@ class EngineOptions:
     recomputed_stages: int | None = None
 
 
-def recomputed_stages(net: VGGFeatures, options: EngineOptions) -> int:
+def stages_to_recompute(net: VGGFeatures, options: EngineOptions) -> int:
     """How many leading stages of ``net`` the loss recomputes in its backward pass (0: checkpointing off)."""
     if options.checkpointing is not True:
         return 0
@@ -157,7 +157,7 @@ def loss_terms(
     net_input = image.contiguous(memory_format=torch.channels_last) if nhwc else image
     autocast = torch.autocast(image.device.type, dtype=torch.bfloat16) if options.precision == "bf16" else nullcontext()
     with autocast:
-        reduced = net.reduce(net_input, layer_reducers(targets), recomputed_stages(net, options))
+        reduced = net.reduce(net_input, layer_reducers(targets), stages_to_recompute(net, options))
     distances = {kind: {n: r[kind] for n, r in reduced.items() if kind in r} for kind in ("content", "style")}
     content = (
         content_loss(distances["content"], w.content_layer_weights(), w.content_weight) if targets.content else zero
