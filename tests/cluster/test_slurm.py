@@ -32,8 +32,15 @@ pytestmark = pytest.mark.slow  # starts processes (see pyproject's markers)
 #: What every job here runs (the report's pair at 32 px, random weights, the table2 experiment's variants).
 SIZE = ["EXPERIMENT=table2", "WEIGHTS=random", "SIZE=32", "SEEDS=0"]
 RESULTS = ("final_content", "final_style", "final_tv", "final_total")
-#: Time limit and warning: SLURM signals the job 10 s before its one-minute limit.
-TIME_LIMIT = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10"]
+#: Time limit and warning: SLURM signals the job 10 s before its one-minute limit. Up to 7 requeues: a job's start-up
+#: (imports, the store) takes 8 s alone and 30 s or more beside the other tests on 2 cores, which leaves a segment
+#: little compute; the conf's 3 ran out once in CI (4 segments, 227 s, the job not finished).
+MAX_REQUEUES = 7
+TIME_LIMIT = [
+    "hydra.launcher.timeout_min=1",
+    "hydra.launcher.signal_delay_s=10",
+    f"hydra.launcher.max_num_timeout={MAX_REQUEUES}",
+]
 
 
 def launcher(partition: str) -> list[str]:
@@ -207,7 +214,7 @@ def test_time_limit_checkpoints_at_the_signal_and_requeues(
         "run.checkpoint_every=0",
         *launcher(slurm_partition),
         *TIME_LIMIT,
-        timeout_s=500,
+        timeout_s=(MAX_REQUEUES + 1) * 75,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(server)
@@ -216,7 +223,7 @@ def test_time_limit_checkpoints_at_the_signal_and_requeues(
     requeues = int(run.data.tags["resume_count"])
     # a segment signalled before it reopened the run (a slow start on a loaded node) is restarted by SLURM
     # without a resume: SLURM may count more restarts than the run has resumes, never fewer
-    assert 1 <= requeues <= int(run.data.tags["slurm_restarts"]) <= 4
+    assert 1 <= requeues <= int(run.data.tags["slurm_restarts"]) <= MAX_REQUEUES
     assert logged_steps(client, run.info.run_id) == list(range(iterations + 1))  # every step once
     interrupted = [int(m.value) for m in client.get_metric_history(run.info.run_id, "interrupted_step")]
     assert len(interrupted) == requeues and all(0 < s < iterations for s in interrupted)
