@@ -18,10 +18,11 @@ from typing import Any, get_args, get_type_hints
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from ablation.engine.adam import AdamSettings
 from ablation.engine.backends import PRECISIONS
 from ablation.engine.losses import LossWeights
 from ablation.engine.network import ACTIVATIONS, ARCHITECTURES, FINAL_ACTIVATIONS, POOLINGS, NetworkSpec
-from ablation.engine.transfer import AdamSettings, LBFGSSettings
+from ablation.engine.transfer import LBFGSSettings
 from ablation.engine.weights import PREPROCESSINGS
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ablation.engine.adam import AdamSettings
 from ablation.engine.backends import check_channels_last
 from ablation.engine.errors import UserError
 from ablation.engine.losses import LossWeights
 from ablation.engine.network import NetworkSpec, check_final_layer
 from ablation.engine.plan import ImagesSpec, RunSpec, WeightsSpec
-from ablation.engine.transfer import AdamSettings, EngineOptions, LBFGSSettings
+from ablation.engine.transfer import EngineOptions, LBFGSSettings
 
 
 class SpecError(UserError):

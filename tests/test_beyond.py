@@ -65,8 +65,8 @@ def test_match_colors_moves_the_style_palette_to_the_content():
 
 
 def test_second_scale_starts_from_the_first_upsampled(vgg19_random):
+    from ablation.engine.adam import AdamSettings
     from ablation.engine.scales import Stage, coarse_to_fine, upsample
-    from ablation.engine.transfer import AdamSettings
 
     net = VGGFeatures(NetworkSpec(), vgg19_random.convs, "relu5_1")
     rng = torch.Generator().manual_seed(0)

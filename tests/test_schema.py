@@ -10,9 +10,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
 from ablation import schema
+from ablation.engine.adam import AdamSettings
 from ablation.engine.losses import LossWeights
 from ablation.engine.network import NetworkSpec
-from ablation.engine.transfer import AdamSettings
 from ablation.paths import CONF_DIR
 from ablation.spec import from_config
 from ablation.store.runlog import flatten

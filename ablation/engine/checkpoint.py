@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ablation.engine.adam import AdamSettings
 from ablation.engine.errors import UserError
-from ablation.engine.transfer import AdamSettings, LBFGSSettings, TransferState, new_state
+from ablation.engine.transfer import LBFGSSettings, TransferState, new_state
 
 CHECKPOINT_FORMAT = 1
 #: The artifact path of a run's latest checkpoint.

@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ablation.engine.adam import AdamSettings
 from ablation.engine.losses import LossWeights
 from ablation.engine.network import NetworkSpec, deepest
-from ablation.engine.transfer import AdamSettings, EngineOptions, LBFGSSettings
+from ablation.engine.transfer import EngineOptions, LBFGSSettings
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ablation.engine.adam import AdamSettings
 from ablation.engine.transfer import (
-    AdamSettings,
     EngineOptions,
     LBFGSSettings,
     Progress,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ablation.engine.adam import AdamSettings, TF1Adam
 from ablation.engine.losses import (
     LossWeights,
     content_loss,
@@ -42,16 +43,6 @@ class DivergenceError(RuntimeError):
         super().__init__(f"the loss became NaN/Inf at step {step}: lower optim.lr or the loss weights")
         self.step = step
         self.state = state
-
-
-@dataclass(frozen=True)
-class AdamSettings:
-    """Upstream's Adam (neural_style.py defaults)."""
-
-    lr: float = 10.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
 
 
 @dataclass(frozen=True)
@@ -197,7 +188,7 @@ class TransferState:
     """Everything the loop needs to continue: checkpoint it to resume after an interruption."""
 
     image: torch.Tensor  # [B, 3, H, W], the current image (after ``step`` steps)
-    optimizer: torch.optim.Optimizer
+    optimizer: TF1Adam | torch.optim.LBFGS
     step: int = 0
     best_image: torch.Tensor | None = None
     best_total: torch.Tensor | None = None  # [B]
@@ -210,24 +201,13 @@ def new_state(image: torch.Tensor, settings: AdamSettings | LBFGSSettings = Adam
     """The optimised image (a fresh leaf tensor) and its optimiser."""
     param = image.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
     if isinstance(settings, LBFGSSettings):
-        optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
+        optimizer: TF1Adam | torch.optim.LBFGS = torch.optim.LBFGS(
             [param], lr=settings.lr, max_iter=1, history_size=settings.history_size,
             line_search_fn=settings.line_search,
         )  # fmt: skip
     else:
-        optimizer = torch.optim.Adam([param], lr=settings.lr, betas=(settings.beta1, settings.beta2), eps=settings.eps)
+        optimizer = TF1Adam(param, settings)
     return TransferState(param, optimizer, settings=settings)
-
-
-def set_tf1_epsilon(optimizer: torch.optim.Optimizer, adam: AdamSettings, t: int) -> None:
-    """Make torch's Adam step ``t`` (1-based) equal TensorFlow 1's, which upstream uses.
-
-    TF1: x -= lr * sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps). torch: x -= lr/(1-b1^t) * m /
-    (sqrt(v)/sqrt(1-b2^t) + eps'). They agree when eps' = eps / sqrt(1-b2^t); the difference matters
-    where gradients are tiny (the first step moves such pixels by 0.97 lr instead of 0.76 lr).
-    """
-    for group in optimizer.param_groups:
-        group["eps"] = adam.eps / (1.0 - adam.beta2**t) ** 0.5
 
 
 @dataclass
@@ -300,8 +280,7 @@ def stylize(
             yield Progress(step, steps, rows, state, done=last)
         if last:
             break
-        if isinstance(state.settings, AdamSettings):
-            set_tf1_epsilon(opt, state.settings, step + 1)
+        if isinstance(opt, TF1Adam):
             opt.step()
         else:
             opt.step(lbfgs_closure(net, targets, state, terms, options))
