@@ -67,7 +67,8 @@ def baseline_features(network: NetworkSpec, last_read: str, weights: VGGWeights,
     builder = {"vgg19": torchvision.models.vgg19, "vgg16": torchvision.models.vgg16}[network.arch]
     names = layer_names(network.arch)
     keep = names.index(last_read) + 1 if strong else len(names)
-    layers = list(builder(weights=None).features)[:keep]
+    with torch.device("meta"):  # no storage: every conv is overwritten below, and the classifier (120 M) dropped
+        layers = list(builder(weights=None).features)[:keep]
     pool = nn.AvgPool2d if network.pooling == "avg" else nn.MaxPool2d
     for i, (name, layer) in enumerate(zip(names[:keep], layers, strict=True)):
         if name.startswith("pool"):
@@ -76,7 +77,7 @@ def baseline_features(network: NetworkSpec, last_read: str, weights: VGGWeights,
             layers[i] = nn.LeakyReLU(network.slope, inplace=True) if network.activation == "leaky_relu" else nn.Tanh()
         if name == network.final_layer and network.final_activation == "tanh":
             layers[i] = nn.Tanh()
-    features = nn.Sequential(*layers)
+    features = nn.Sequential(*layers).to_empty(device="cpu")
     with torch.no_grad():
         for conv, (weight, bias) in zip([m for m in layers if isinstance(m, nn.Conv2d)], weights.convs, strict=False):
             conv.weight.copy_(weight)

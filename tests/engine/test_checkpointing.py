@@ -4,6 +4,8 @@ with every stage recomputed or only the leading ones."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -16,6 +18,7 @@ from ablation.engine.weights import random_weights
 STEPS = 20
 
 
+@functools.cache  # the plain runs are shared by the cases that differ only in what is recomputed
 def run(spec: NetworkSpec, options: EngineOptions) -> tuple[torch.Tensor, torch.Tensor]:
     """Every step's losses [STEPS + 1, 1, 4] and the final image of seed 0 on a 40x36 pair."""
     torch.manual_seed(0)

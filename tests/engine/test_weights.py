@@ -107,8 +107,14 @@ def test_state_dict_wrong_shapes_named(tmp_path, vgg16_random):
 
 def test_torchvision_fold_equals_normalised_input(tmp_path, image):
     """Folding 1/(255 std) into conv1_1 on pixel-space input == torchvision's (x/255 - mean)/std input."""
-    model = torchvision.models.vgg19(weights=None).eval()
-    torch.save(model.state_dict(), tmp_path / "tv.pth")
+    with torch.device("meta"):  # torchvision's layout without drawing the classifier's 120 M weights (3 s)
+        model = torchvision.models.vgg19(weights=None)
+    model.features.to_empty(device="cpu")
+    torch.manual_seed(0)
+    for layer in model.features:
+        if isinstance(layer, torch.nn.Conv2d):
+            layer.reset_parameters()  # torchvision's own conv initialisation draws them
+    torch.save({f"features.{k}": v for k, v in model.features.state_dict().items()}, tmp_path / "tv.pth")
     ours = file_weights("vgg19", tmp_path / "tv.pth", preprocessing="torch")
     assert ours.mean_pixel == pytest.approx(tuple(255 * m for m in TORCHVISION_MEAN))
     normalised = (image / 255 - torch.tensor(TORCHVISION_MEAN).view(1, 3, 1, 1)) / torch.tensor(TORCHVISION_STD).view(
