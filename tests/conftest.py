@@ -67,6 +67,15 @@ def pytest_configure(config: pytest.Config) -> None:
             setattr(module, name, _guarded(getattr(module, name)))
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """``make test-fast`` (``-m "not slow"``) does not import the modules whose every test is slow (a module-level
+    ``pytestmark = pytest.mark.slow``): their imports (MLflow's server, Optuna) cost each worker seconds, for tests it
+    would deselect anyway."""
+    if config.option.markexpr != "not slow" or not collection_path.name.startswith("test_"):
+        return None
+    return "\npytestmark = pytest.mark.slow" in collection_path.read_text() or None
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Modules that wait on SLURM first, then the other modules that start processes, then the rest: with xdist
     (``--dist loadscope --no-loadscope-reorder``, one module per worker at a time) the SLURM jobs run beside

@@ -41,7 +41,7 @@ from ablation.paths import REPORTS_DIR, variant_names
 
 CPU_DEFAULTS: dict[str, Any] = {
     "sizes": "256", "variants": "original", "iters": 8, "chunk": 1, "warmup": 2, "check_iters": 300,
-    "check_size": 128, "batch_size_px": 256, "matmul_n": 2048, "conv_side": 64,
+    "check_size": 128, "batch_size_px": 256, "matmul_n": 2048, "conv_side": 64, "peak_s": 0.5,
 }  # fmt: skip
 #: What an option left out means: on a CPU, on a CUDA device, or with --quick (a smoke run on either).
 DEFAULTS = {
@@ -49,7 +49,7 @@ DEFAULTS = {
     "cuda": {**CPU_DEFAULTS, "sizes": "256,512,1024", "variants": "all", "iters": 100, "chunk": 10,
              "matmul_n": 8192, "conv_side": 128},
     "quick": {**CPU_DEFAULTS, "sizes": "64", "variants": "original", "iters": 3, "warmup": 1, "check_iters": 20,
-              "check_size": 64, "batch_size_px": 64, "matmul_n": 512, "conv_side": 32},
+              "check_size": 64, "batch_size_px": 64, "matmul_n": 512, "conv_side": 32, "peak_s": 0.1},
 }  # fmt: skip
 
 

@@ -22,8 +22,8 @@ from ablation.engine.transfer import EngineOptions
 from ablation.engine.weights import torchvision_version
 
 Timer = Callable[[Callable[[], Any]], float]
-#: Seconds of timed blocks per single-kernel peak, and per kernel of the per-layer limit.
-PEAK_MIN_S, LIMIT_MIN_S = 0.5, 0.01
+#: Seconds of timed blocks per kernel of the per-layer limit (a peak's are ``Settings.peak_s``).
+LIMIT_MIN_S = 0.01
 
 
 def best_seconds(fn: Callable[[], Any], device: torch.device, min_s: float) -> float:
@@ -32,18 +32,18 @@ def best_seconds(fn: Callable[[], Any], device: torch.device, min_s: float) -> f
     return min(timed(fn, device, min_s).times)
 
 
-def matmul_peak_gflops(device: torch.device, n: int) -> float:
+def matmul_peak_gflops(device: torch.device, n: int, min_s: float) -> float:
     """GF/s of an n x n fp32 matmul (2 n^3 FLOPs), IEEE fp32 (no TF32)."""
     configure_backends(EngineOptions(precision="fp32"), device)
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    return 2 * n**3 / 1e9 / best_seconds(lambda: a @ b, device, PEAK_MIN_S)
+    return 2 * n**3 / 1e9 / best_seconds(lambda: a @ b, device, min_s)
 
 
 def _autocast(options: EngineOptions, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if options.precision == "bf16" else nullcontext()
 
 
-def conv_peak_gflops(device: torch.device, precision: str, channels: int, side: int) -> float:
+def conv_peak_gflops(device: torch.device, precision: str, channels: int, side: int, min_s: float) -> float:
     """GF/s of a 3x3 conv, C -> C channels on a side x side map (a VGG conv3_x at 256 px), forward only,
     the better of NCHW and NHWC. A batch of 8 on CUDA, which one map would leave partly idle. Emulated
     bf16 (no native support) only in NHWC: NCHW takes seconds per call there (7 s measured)."""
@@ -62,7 +62,7 @@ def conv_peak_gflops(device: torch.device, precision: str, channels: int, side: 
                 return F.conv2d(x, weight, padding=1)
 
         gflop = 2 * 9 * channels**2 * side**2 * batch / 1e9
-        best = max(best, gflop / best_seconds(conv, device, PEAK_MIN_S))
+        best = max(best, gflop / best_seconds(conv, device, min_s))
     return best
 
 

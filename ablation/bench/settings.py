@@ -34,5 +34,6 @@ class Settings:
     full_run_iters: int  # CUDA: one whole run of original at 512 px, timed end to end
     matmul_n: int
     conv_side: int
+    peak_s: float  # seconds of timed blocks per single-kernel peak (the fastest block counts)
     profile: bool
     out: str

@@ -68,9 +68,9 @@ class Problems:
 
 def measure_peaks(settings: Settings, device: torch.device) -> dict[str, Any]:
     """Single-kernel peaks: an fp32 matmul, and a 3x3 conv in every precision (bf16 always: is it worth it here?)."""
-    peaks = {"matmul_fp32": matmul_peak_gflops(device, settings.matmul_n)}
+    peaks = {"matmul_fp32": matmul_peak_gflops(device, settings.matmul_n, settings.peak_s)}
     for precision in dict.fromkeys(["fp32", *settings.precisions, "bf16"]):
-        peaks[f"conv_{precision}"] = conv_peak_gflops(device, precision, 256, settings.conv_side)
+        peaks[f"conv_{precision}"] = conv_peak_gflops(device, precision, 256, settings.conv_side, settings.peak_s)
     n, side, batch = settings.matmul_n, settings.conv_side, 8 if device.type == "cuda" else 1
     shapes = {"matmul": f"{n}x{n} @ {n}x{n} fp32", "conv": f"3x3, 256->256 ch, {batch}x{side}x{side}, forward"}
     return {"peaks_gflops": peaks, "peak_shapes": shapes}
