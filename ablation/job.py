@@ -51,9 +51,17 @@ class Job:
         return replace(self, spec=replace(self.spec, seeds=seeds, seed=seeds[0]))
 
 
+#: A job reuses its process's measurement of the machine when it is younger than this: a sweep of short jobs
+#: (a tuning study, a test's 3-step runs) spent more time calibrating than computing, and a minute-old figure
+#: describes the same machine; a job of a real size outlasts it, so each such job measures afresh.
+MACHINE_REUSE_S = 60.0
+_measured: dict[tuple[str, int], tuple[float, Machine]] = {}
+
+
 @dataclass(frozen=True)
 class Machine:
-    """The machine a job runs on, and how fast it convolves: measured once at job start (about half a second).
+    """The machine a job runs on, and how fast it convolves: measured at job start (about half a second), or
+    taken from a measurement of this process less than :data:`MACHINE_REUSE_S` old.
 
     The hardware class groups runs whose runtimes compare; the calibration puts different classes on one scale.
     """
@@ -63,7 +71,12 @@ class Machine:
 
     @classmethod
     def measure(cls, device: torch.device) -> Machine:
-        return cls(hardware.describe(device), hardware.calibrate(device))
+        key = (str(device), torch.get_num_threads())  # the threads are part of the hardware class
+        when, machine = _measured.get(key, (-np.inf, None))
+        if machine is None or time.monotonic() - when >= MACHINE_REUSE_S:
+            machine = cls(hardware.describe(device), hardware.calibrate(device))
+            _measured[key] = (time.monotonic(), machine)
+        return machine
 
 
 def input_sha256(spec: RunSpec) -> list[str]:

@@ -8,9 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
-from ablation.engine import ENGINE_VERSION
+from ablation import job
+from ablation.engine import ENGINE_VERSION, hardware
 from ablation.job import execute
 from ablation.record import IMAGE_SERIES_KEY, resumed_hardware_class
 from tests.support import PROJECT, config, run_overrides, sqlite_store
@@ -62,6 +64,20 @@ def test_calibration_is_logged_once_at_step_0(recorded_run):
     client, run = recorded_run
     (calibration,) = client.get_metric_history(run.info.run_id, "calibration_gflops")
     assert calibration.step == 0 and calibration.value > 0
+
+
+def test_a_job_reuses_a_machine_measurement_younger_than_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short jobs of one process share one calibration; an older one is measured again (the real calibration,
+    counted)."""
+    calls: list[float] = []
+    real = hardware.calibrate
+    monkeypatch.setattr(hardware, "calibrate", lambda device: calls.append(real(device, min_s=0.05)) or calls[-1])
+    monkeypatch.setattr(job, "_measured", {})
+    cpu = torch.device("cpu")
+    first, second = job.Machine.measure(cpu), job.Machine.measure(cpu)
+    assert second is first and len(calls) == 1 and first.calibration_gflops == calls[0] > 0
+    monkeypatch.setattr(job, "MACHINE_REUSE_S", 0.0)
+    assert job.Machine.measure(cpu) is not first and len(calls) == 2
 
 
 def test_images_are_an_mlflow_series_at_each_checkpoint_and_the_final_step(recorded_run):

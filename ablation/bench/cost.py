@@ -32,7 +32,9 @@ ITERATION_GFLOP = 6.0
 ITERATION_S_CUDA = 0.004
 #: A job's targets, judge, images and MLflow records, in GFLOP of the calibration workload on the CPU.
 JOB_GFLOP = 150.0
-#: Each job times its machine for half a second (``hardware.calibrate``), plus its warm-up.
+#: Each job times its machine for half a second (``hardware.calibrate``), plus its warm-up. A job that starts within
+#: ``job.MACHINE_REUSE_S`` of its process's last measurement reuses it: sweeps of short jobs take up to this much
+#: less per job than estimated (an estimate errs long).
 CALIBRATION_S = 0.6
 
 
