@@ -20,7 +20,10 @@ WIDTH = 40
 def test_width_max_runs_at_the_widest_that_fits_and_logs_it(
     store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Free memory set to what a 40 px run needs with checkpointing: width=max picks 40 and turns it on."""
+    """Free memory set to what a 40 px run needs with checkpointing: width=max picks 40 and turns it on. The fixed
+    cost of checkpointing (``torch.utils.checkpoint`` imports ``torch._dynamo``, 210 MiB) is left out here: it
+    outweighs what checkpointing saves below about 600 px, and a test runs at 40."""
+    monkeypatch.setattr(memory, "CHECKPOINTING_RUNTIME_BYTES", {})
     images = tmp_path / "images"
     images.mkdir()
     base = run_overrides(images, 2)

@@ -13,8 +13,9 @@ Around the loop: the image, its gradient, Adam's two moments, the best image and
 image-sized tensors per seed), the targets (content activations, Grams), the targets' own pass (content and
 style through the network without gradients: a layer's input and output and what is kept), the weights
 (loaded, then copied into the network; a bf16 copy under autocast) and what the runtime adds on top of the
-tensors (``RUNTIME_BYTES``, measured once per device type). What the process held before (the interpreter,
-torch, MLflow) is not counted: the free memory the estimate is compared with has it taken already.
+tensors (``RUNTIME_BYTES``, plus ``CHECKPOINTING_RUNTIME_BYTES`` with checkpointing; measured once per device
+type). What the process held before (the interpreter, torch, MLflow) is not counted: the free memory the
+estimate is compared with has it taken already.
 ``python -m ablation.bench --memory`` compares the estimate with the measured peak.
 
 The check refuses a size that does not fit with the widths that would, with and without checkpointing, and
@@ -44,13 +45,17 @@ INDEX_BYTES = 8
 #: image, and Adam's two temporaries in its update.
 IMAGE_COPIES = 7
 #: What the runtime holds beyond the tensors during the transfer (oneDNN's kernels, scratch and primitive cache,
-#: allocator slack), per device type: the measured peak less the before and the modelled tensors was 313-454 MiB
-#: (median 365) at 512 and 1024 px without checkpointing, fp32 and bf16 (``python -m ablation.bench --memory
-#: --iters 2``, 2-core Xeon with AVX-512, torch 2.14.1). It was 280 while every process imported Optuna and
+#: allocator slack), per device type: the measured peak less the estimate's other parts was 115-311 MiB (median
+#: 206) at 512 and 1024 px without checkpointing, fp32 and bf16 (``python -m ablation.bench --memory --iters 2``,
+#: 2-core Xeon with AVX-512, torch 2.14.1). It was 360 while torch's Adam imported ``torch._dynamo`` during the
+#: run (the engine's Adam no longer does), and 280 before that, while every process imported Optuna and
 #: scikit-learn first: the transfer reused the heap they had freed. On CUDA the allocator's peak counts tensors
 #: only; cuDNN's workspace is taken from what the device reports free. Not yet measured there, so 0, and
 #: ``SAFETY`` covers it.
-RUNTIME_BYTES = {"cpu": 360 * 2**20}
+RUNTIME_BYTES = {"cpu": 210 * 2**20}
+#: What checkpointing adds to it: ``torch.utils.checkpoint`` imports ``torch._dynamo`` (its modules and tables) on
+#: its first call. The checkpointed rows of the same runs gave 381-509 MiB (median 420) for the two together.
+CHECKPOINTING_RUNTIME_BYTES = {"cpu": 210 * 2**20}
 #: Free memory a run leaves unused, so that the estimate's error and other processes do not tip it over.
 SAFETY = 0.9
 #: ``images.width=max`` searches no wider than this (a 16k-pixel-wide content image: no device fits more).
@@ -223,7 +228,9 @@ def estimate(work: Workload, device_type: str = "cpu") -> Estimate:
     image_state = IMAGE_COPIES * FLOAT_BYTES * 3 * work.content_hw[0] * work.content_hw[1] * work.batch
     kept, backward = loop_bytes(work)
     saved = kept + grams * work.batch  # + each Gram's difference to its target
-    runtime = RUNTIME_BYTES.get(device_type, 0)
+    runtime = RUNTIME_BYTES.get(device_type, 0) + (
+        CHECKPOINTING_RUNTIME_BYTES.get(device_type, 0) if work.checkpointing else 0
+    )
     return Estimate(weights, images + targets, images + max(passes), image_state, saved, backward, runtime)
 
 
