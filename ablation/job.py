@@ -72,11 +72,11 @@ class Machine:
     @classmethod
     def measure(cls, device: torch.device) -> Machine:
         key = (str(device), torch.get_num_threads())  # the threads are part of the hardware class
-        when, machine = _measured.get(key, (-np.inf, None))
-        if machine is None or time.monotonic() - when >= MACHINE_REUSE_S:
+        found = _measured.get(key)
+        if found is None or time.monotonic() - found[0] >= MACHINE_REUSE_S:
             machine = cls(hardware.describe(device), hardware.calibrate(device))
-            _measured[key] = (time.monotonic(), machine)
-        return machine
+            found = _measured[key] = (time.monotonic(), machine)
+        return found[1]
 
 
 def input_sha256(spec: RunSpec) -> list[str]:
