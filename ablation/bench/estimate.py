@@ -47,12 +47,13 @@ class SweepEstimate:
     in_store: int = 0  # every seed has a FINISHED run with its fingerprint
     repeated: int = 0  # an earlier job of this sweep has its fingerprint
     job_s: list[float] = field(default_factory=list)  # each job that will run
-    reused_s: float = 0.0  # composing and loading weights for the reused ones
+    reused_s: float = 0.0  # composing the reused ones
+    once_s: float = 0.0  # loading each network's weights and timing the machine: once per process
     speed: cost.Speed | None = None
 
     @property
     def seconds(self) -> float:
-        return sum(self.job_s) + self.reused_s
+        return sum(self.job_s) + self.reused_s + self.once_s
 
     def text(self, timeout_min: float | None = None) -> str:
         """'sweep estimate: 12 jobs, 4 reused (...), 8 to run: about 3 min 2 sec here (cpu, 14.1 GF/s), ...'."""
@@ -68,7 +69,7 @@ class SweepEstimate:
             shortest, longest = duration(min(self.job_s)), duration(max(self.job_s))
             line += f"; per job {shortest}" + (f" to {longest}" if longest != shortest else "")
         if timeout_min is not None and self.job_s:
-            needed = math.ceil(TIMEOUT_MARGIN * max(self.job_s) / 60)
+            needed = math.ceil(TIMEOUT_MARGIN * (max(self.job_s) + self.once_s) / 60)  # a job is its own process
             line += (
                 f"; SLURM: hydra.launcher.timeout_min={timeout_min:g}, the longest job at this machine's speed x"
                 f"{TIMEOUT_MARGIN:g} needs {needed} (scale by a node's calibration_gflops against this one's)"
@@ -95,18 +96,19 @@ def with_seed(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
 
 
 class Weights:
-    """Each source and network's weights loaded once, with how long a job takes to load them."""
+    """Each source and network's weights loaded once, as a process of jobs loads them, and how long that took."""
 
     def __init__(self) -> None:
-        self.loaded: dict[tuple, tuple[str, float]] = {}
+        self.loaded: dict[tuple, str] = {}
+        self.seconds = 0.0
 
-    def __call__(self, spec: RunSpec) -> tuple[str, float]:
-        """(SHA-256, seconds to load) of ``spec``'s weights."""
+    def __call__(self, spec: RunSpec) -> str:
+        """The SHA-256 of ``spec``'s weights."""
         key = (spec.weights.source, spec.network.arch, tuple(sorted(spec.weights.options.items())))
         if key not in self.loaded:
             started = time.perf_counter()
-            weights = load_weights(spec.weights.source, spec.network.arch, **spec.weights.options)
-            self.loaded[key] = (weights.sha256, time.perf_counter() - started)
+            self.loaded[key] = load_weights(spec.weights.source, spec.network.arch, **spec.weights.options).sha256
+            self.seconds += time.perf_counter() - started
         return self.loaded[key]
 
 
@@ -129,14 +131,14 @@ def estimate_sweep(
             spec = memory.fit(spec, device, check=False)  # images.width=max: the width the job will choose
             job_config = as_run(job_config, spec)
             found.speed = found.speed or measure_speed(device)
-            sha, load_s = weights(spec)
-            keys = set(seed_fingerprints(job_config, spec, sha, device.type).values())
+            keys = set(seed_fingerprints(job_config, spec, weights(spec), device.type).values())
             repeated = keys <= seen
             in_store = not repeated and all(lookup.find_finished(experiment_id, k) for k in keys)
             found.repeated, found.in_store = found.repeated + repeated, found.in_store + in_store
             if repeated or in_store:
-                found.reused_s += setup_s + load_s
+                found.reused_s += setup_s
             else:
-                found.job_s.append(cost.job_seconds(spec, stage_sizes(spec), found.speed, setup_s + load_s))
+                found.job_s.append(cost.job_seconds(spec, stage_sizes(spec), found.speed, setup_s))
             seen |= keys
+    found.once_s = weights.seconds + cost.CALIBRATION_S if found.job_s else 0.0
     return found
