@@ -68,6 +68,16 @@ def test_make_server_binds_loopback_with_one_worker_by_default() -> None:
     assert launcher.SERVER_ENV == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
+def test_the_servers_pool_has_a_connection_per_request_thread_unless_the_user_says_otherwise() -> None:
+    """anyio's 40 threads per worker against SQLAlchemy's 5 + overflow; a user's own setting wins, ours do not move."""
+    args = launcher.parse_args(["--store-dir", "runs"])
+    env = launcher.server_env(args, {"PATH": "/bin", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true"})
+    assert env == {"PATH": "/bin", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "35", **launcher.SERVER_ENV}
+    assert 5 + int(env["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"]) == 40
+    mine = launcher.server_env(args, {"MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "90"})
+    assert mine["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"] == "90"
+
+
 def test_make_server_takes_a_postgresql_store_and_workers() -> None:
     """``STORE_URI=postgresql://...`` reaches ``mlflow server`` unchanged, and four workers are allowed there."""
     uri = "postgresql://nst@127.0.0.1:5432/mlflow"

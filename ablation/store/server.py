@@ -25,12 +25,18 @@ import os
 import secrets
 import stat
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from ablation.engine.errors import UserError
 
 #: The job-execution feature (MLflow's AI tooling) would start a task queue this project has no use for.
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+#: Defaults a user's environment overrides. Each uvicorn worker serves MLflow's Flask app on anyio's 40 threads,
+#: but SQLAlchemy's pool holds 5 connections + 10 overflow: with the database slow (a busy machine), the 16th
+#: concurrent request waited 30 s for a connection and failed with 400 "QueuePool limit ... reached", which the
+#: client does not retry (16 loggers on PostgreSQL, once in CI). 5 + 35: a connection for every thread.
+POOL_ENV = {"MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "35"}
 #: Stores whose server may run several workers: writers that do not queue behind one file lock.
 CONCURRENT_STORES = ("postgresql",)
 #: The permission a user gets on an experiment they neither created nor were granted: read, not write.
@@ -136,6 +142,11 @@ def auth_env(args: argparse.Namespace) -> dict[str, str]:
     return {"MLFLOW_AUTH_CONFIG_PATH": str(settings), ADMIN_PASSWORD_ENV: admin_password(args), SECRET_KEY_ENV: key}
 
 
+def server_env(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, str]:
+    """The server's environment: the pool's defaults under the caller's, our settings and basic-auth's over it."""
+    return POOL_ENV | dict(environ) | SERVER_ENV | (auth_env(args) if args.auth else {})
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
@@ -144,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.dry_run:
             print(" ".join(argv_server))
             return
-        env = dict(os.environ) | SERVER_ENV | (auth_env(args) if args.auth else {})
+        env = server_env(args, os.environ)
     except UserError as err:
         print(f"make server: {err}", file=sys.stderr)
         sys.exit(2)
