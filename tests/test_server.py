@@ -119,6 +119,7 @@ def test_auth_makes_an_owner_only_password_once_and_keeps_it_off_the_command(
     assert launcher.auth_env(args)[launcher.ADMIN_PASSWORD_ENV] == password  # the second start reads the same file
     settings = Path(env["MLFLOW_AUTH_CONFIG_PATH"]).read_text()
     assert "default_permission = READ" in settings and f"sqlite:///{tmp_path}/auth/users.db" in settings
+    assert "auth_cache_ttl_seconds = 60\n" in settings  # a checked password trusted for a minute, not re-hashed
     assert password not in settings and password not in " ".join(launcher.command(args))
     monkeypatch.setenv(launcher.ADMIN_PASSWORD_ENV, "short")
     with pytest.raises(UserError, match="has 5 characters: MLflow wants 12"):
