@@ -28,7 +28,7 @@ from tests.support import PROJECT, PYTHON, Postgres, run_overrides, store_env, u
 
 pytestmark = pytest.mark.slow
 TRIALS = 4
-ITERATIONS = 300  # long enough for the test to catch the third trial running (5 s and more, polled every 0.2 s)
+ITERATIONS = 150  # long enough for the test to catch the third trial running (6 s and more, polled every 0.2 s)
 
 
 def tune_command(folder: Path, storage: str, name: str) -> list[str]:
