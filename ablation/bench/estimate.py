@@ -140,5 +140,5 @@ def estimate_sweep(
             else:
                 found.job_s.append(cost.job_seconds(spec, stage_sizes(spec), found.speed, setup_s))
             seen |= keys
-    found.once_s = weights.seconds + cost.CALIBRATION_S if found.job_s else 0.0
+    found.once_s = weights.seconds + (cost.CALIBRATION_S if found.job_s else 0.0)  # reused jobs load to fingerprint
     return found
