@@ -18,12 +18,12 @@ from typing import Any
 import torch
 
 from ablation.bench import cost
-from ablation.engine import hardware, memory
+from ablation.engine import memory
 from ablation.engine.memory import planned_sizes
 from ablation.engine.plan import RunSpec
 from ablation.engine.prepare import pick_device
 from ablation.engine.weights import load_weights
-from ablation.job import as_run, seed_fingerprints
+from ablation.job import Machine, as_run, seed_fingerprints
 from ablation.spec import from_config
 from ablation.store import lookup
 
@@ -78,9 +78,10 @@ class SweepEstimate:
 
 
 def measure_speed(device: torch.device) -> cost.Speed:
-    """The calibration of the runs' device and of the CPU (one figure when they are the same)."""
-    cpu = hardware.calibrate(torch.device("cpu"))
-    on_device = cpu if device.type == "cpu" else hardware.calibrate(device)
+    """The calibration of the runs' device and of the CPU (one figure when they are the same), as a job measures
+    it: the sweep's first job, in this process under Hydra's basic launcher, reuses it instead of timing again."""
+    cpu = Machine.measure(torch.device("cpu")).calibration_gflops
+    on_device = cpu if device.type == "cpu" else Machine.measure(device).calibration_gflops
     return cost.Speed(device.type, on_device, cpu)
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from ablation.bench import cost
 from ablation.bench.estimate import SweepEstimate, estimate_sweep, stage_sizes
 from ablation.bench.flops import conv_plan, iteration_gflop
+from ablation.job import Machine
 from ablation.spec import from_config
 from tests.support import config, run_sweep
 
@@ -64,6 +66,7 @@ def test_jobs_with_one_fingerprint_run_once(store):
     assert (found.jobs, found.in_store, found.repeated, len(found.job_s)) == (2, 0, 1, 1)
     assert len(composed) == 2 and found.speed.device == "cpu" and found.speed.cpu_gflops > 0
     assert found.once_s > cost.CALIBRATION_S  # the weights drawn once, the machine timed once
+    assert Machine.measure(torch.device("cpu")).calibration_gflops == found.speed.cpu_gflops  # a job reuses it
     seeds = [[*tiny, "condition=base", f"run.seed={s}"] for s in (0, 1, 2)]
     found = estimate_sweep(seeds, compose, "0")  # seeds change no cost: one compose for three jobs
     assert len(composed) == 3 and len(found.job_s) == 3 and len(set(found.job_s)) == 1
