@@ -121,6 +121,7 @@ def run_overrides(folder: Path, iterations: int = 6) -> list[str]:
         "run.sync_every=2",
         "run.checkpoint_every=0",
         "run.device=cpu",
+        f"hydra.run.dir={folder / 'hydra'}",  # a single run's log and config: not in the checkout's runs/
     ]
 
 

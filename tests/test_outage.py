@@ -234,7 +234,9 @@ def test_past_the_patience_the_run_stops_with_a_kept_checkpoint_and_the_rerun_fi
     kept on disk, exit 75, one line. With the server back, the same sweep again sends what was kept (the first
     sweep's job record says killed), continues the same run and ends with the losses of an uninterrupted run."""
     iterations = 120
-    slow = [f"run.iterations={iterations}", "run.sync_every=1", "run.checkpoint_every=1"]  # no result changes
+    # the first sweep syncs and checkpoints every step (no result changes: neutral settings) so that it stops within
+    # the patience with a checkpoint of its last step; the re-run goes at the sweep's usual pace
+    slow = [f"run.iterations={iterations}", "run.sync_every=1", "run.checkpoint_every=1"]
     reference_folder = tmp_path / "reference"
     reference_folder.mkdir()
     with pytest.MonkeyPatch.context() as patch:
@@ -257,7 +259,7 @@ def test_past_the_patience_the_run_stops_with_a_kept_checkpoint_and_the_rerun_fi
         assert list(kept.glob("files/*/state.pt"))
 
         server.start()
-        again = sweep(tmp_path, server.uri, "again", *slow)
+        again = sweep(tmp_path, server.uri, "again", f"run.iterations={iterations}")
         _, stderr = again.communicate(timeout=600)
         assert again.returncode == 0, stderr[-3000:]
 

@@ -95,7 +95,8 @@ def test_resume_without_a_checkpoint_starts_afresh(store: Path) -> None:
 @pytest.mark.slow
 def test_sigterm_ends_the_run_killed_with_a_checkpoint(tmp_path: Path) -> None:
     """A real SIGTERM (what SLURM preemption sends) to ``python -m ablation.run`` mid-loop."""
-    overrides = run_overrides(tmp_path, 300)[:-2] + ["run.checkpoint_every=2", "run.device=cpu"]
+    overrides = [o for o in run_overrides(tmp_path, 300) if not o.startswith("run.checkpoint_every=")]
+    overrides.append("run.checkpoint_every=2")
     proc = subprocess.Popen(
         [PYTHON, "-m", "ablation.run", *overrides],
         cwd=PROJECT,

@@ -96,7 +96,8 @@ def test_demo_without_network_stops_with_a_clear_message(tmp_path):
         "TORCH_HOME": str(tmp_path),
         "HTTPS_PROXY": "http://127.0.0.1:9",
     }
-    done = subprocess.run(["make", "-s", "demo"], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300)
+    demo = ["make", "-s", "demo", f"DEMO_ARGS=hydra.run.dir={tmp_path / 'hydra'}"]  # not in the checkout's runs/
+    done = subprocess.run(demo, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "cannot download the weights" in lines[0] and "put that file at" in lines[0]
@@ -105,7 +106,7 @@ def test_demo_without_network_stops_with_a_clear_message(tmp_path):
 
 def test_demo_runs_with_random_weights(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = "DEMO_ARGS=weights=random images.width=32 run.iterations=3 run.quiet=true"
+    args = f"DEMO_ARGS=weights=random images.width=32 run.iterations=3 run.quiet=true hydra.run.dir={tmp_path / 'h'}"
     done = subprocess.run(
         ["make", "-s", "demo", args], cwd=PROJECT, env=store_env(tmp_path), capture_output=True, text=True, timeout=300
     )
