@@ -213,8 +213,8 @@ def test_past_the_patience_the_run_stops_with_a_checkpoint_kept_and_the_rerun_se
     next sync point past it, its checkpoint and unsent steps kept on disk; with the server back, run.resume=true
     sends them first (the run is KILLED with its checkpoint in the store) and continues the run to the same final
     losses as an uninterrupted one."""
+    reference = execute(config(run_overrides(tmp_path, 40) + ["tracking.experiment=reference"]))  # at full speed
     overrides = slowed_overrides(tmp_path, monkeypatch)
-    reference = execute(config(overrides + ["tracking.experiment=reference"]))
     real = flaky.real
 
     def away_from_step_2(op: outbox.Op) -> None:
