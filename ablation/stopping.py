@@ -34,9 +34,19 @@ class StopRequest:
         self.armed: Callable[[int, Any], Any] | None = None  # the handler the signal was taken from
 
     def hand_over(self) -> None:
-        """Call the handler the stop signal was taken from (submitit: requeue, then exit), if any."""
+        """Call the handler the stop signal was taken from (submitit: requeue, then exit), if any, with SIGTERM
+        ignored by it and by the processes it starts.
+
+        A requeue cancels the job, which signals every process in it: a ``scontrol requeue`` killed before it
+        exited made submitit write the job's result as failed, and the sweep read that (once in CI, under load),
+        although SLURM requeued the job and its run finished. An ignored signal stays ignored across exec.
+        """
         if self.armed is not None and self.signal is not None:
-            self.armed(self.signal, None)
+            before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                self.armed(self.signal, None)
+            finally:
+                signal.signal(signal.SIGTERM, before)
 
     def request(self, signum: int = signal.SIGTERM) -> None:
         self.signal = signum

@@ -35,14 +35,21 @@ def test_accounting_is_read_from_scontrol(monkeypatch: pytest.MonkeyPatch, setti
 
 def test_warning_signal_stops_first_and_hands_over_after() -> None:
     """submitit's handler (here a stand-in) runs only when the run has stopped with its checkpoint."""
-    calls: list[int] = []
-    previous = signal.signal(signal.SIGUSR2, lambda signum, _frame: calls.append(signum))
+    calls: list[tuple[int, object]] = []  # the signal and SIGTERM's handler meanwhile
+
+    def requeue(signum: int, _frame: object) -> None:
+        calls.append((signum, signal.getsignal(signal.SIGTERM)))
+
+    previous = signal.signal(signal.SIGUSR2, requeue)
     try:
         with stop_on_signals(StopRequest()) as stop:
             os.kill(os.getpid(), signal.SIGUSR2)
             assert stop.due(10) and calls == []  # a stop request, not yet the requeue
+        before = signal.getsignal(signal.SIGTERM)
         stop.hand_over()
-        assert calls == [signal.SIGUSR2] and stop.exit_code == 128 + signal.SIGUSR2
+        # the requeue ran with SIGTERM ignored (its scontrol inherits that), which comes back afterwards
+        assert calls == [(signal.SIGUSR2, signal.SIG_IGN)] and signal.getsignal(signal.SIGTERM) == before
+        assert stop.exit_code == 128 + signal.SIGUSR2
     finally:
         signal.signal(signal.SIGUSR2, previous)
 
