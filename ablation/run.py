@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import gc
 
-#: Importing torch, MLflow and Hydra makes about a million objects that live as long as the process, and CPython's
-#: full collections walk them all each time the heap grows by a quarter: 7 walks and 0.85 s of CPU in every job
-#: process on a 2-core Xeon, finding no garbage. So the imports below run without the collector, and what they made is
-#: frozen once they are done (later collections skip it), whether this is the command or a SLURM job's import.
+#: The imports below run without the collector, and what they made is frozen once they are done (the package's
+#: docstring says why), whether this is the command or a SLURM job unpickling its task.
 _COLLECTING = gc.isenabled()
 gc.disable()
 
