@@ -35,9 +35,8 @@ SIZE = ["EXPERIMENT=table2", "WEIGHTS=random", "SIZE=32", "SEEDS=0"]
 RESULTS = ("final_content", "final_style", "final_tv", "final_total")
 #: Time limit and warning: SLURM signals the job 10 s before its one-minute limit, as slurmctld's periodic check (every
 #: 30 s) sees it, counting that period as early: 20 to 50 s after the job starts (its log: requeued at 22 s and 42 s).
-#: Up to 7 requeues: a job's start-up
-#: (imports, the store) takes 8 s alone and 30 s or more beside the other tests on 2 cores, which leaves a segment
-#: little compute; the conf's 3 ran out once in CI (4 segments, 227 s, the job not finished).
+#: Up to 7 requeues: a job's start-up (imports, the store) takes 8 s alone and 30 s or more beside the other tests on
+#: 2 cores, which leaves a segment little compute; the conf's 3 ran out once in CI (4 segments, 227 s, not finished).
 MAX_REQUEUES = 7
 TIME_LIMIT = [
     "hydra.launcher.timeout_min=1",
@@ -154,6 +153,12 @@ def iterations(speed_it_s: float) -> int:
     return max(60, int(speed_it_s * 50) // 10 * 10)
 
 
+def a_third(iterations: int, at_least: int) -> int:
+    """A third of :func:`iterations` (17 s of compute), in tens, and ``at_least`` steps: for the tests that stop a
+    job themselves and need no time limit outlasted."""
+    return max(at_least, iterations // 30 * 10)
+
+
 @pytest.fixture(scope="module")
 def reference(server: str, iterations: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, float]]:
     """The uninterrupted run (``original``, seed 0, same settings), started at once beside the SLURM jobs."""
@@ -250,10 +255,10 @@ def test_time_limit_checkpoints_at_the_signal_and_requeues(
 def test_scancel_ends_killed_and_a_rerun_continues(
     slurm_partition: str, server: str, iterations: int, tmp_path: Path
 ) -> None:
-    """No time limit to outlast here: a third of :func:`iterations` (17 s of compute, 20 steps or more) keeps the job
-    running well past step 10, where the test (polling every second) cancels it."""
+    """No time limit to outlast here: :func:`a_third` of the steps keeps the job running well past step 10, where the
+    test (polling every second) cancels it."""
     folder, args = tmp_path / "cancel", ["run.checkpoint_every=0", *launcher(slurm_partition)]
-    iterations = iterations // 30 * 10
+    iterations = a_third(iterations, at_least=20)
     proc = start_sweep(server, folder, iterations, *args)
     client = MlflowClient(server)
     try:
@@ -284,10 +289,10 @@ def test_scancel_ends_killed_and_a_rerun_continues(
 def test_sigkill_leaves_a_run_a_later_sweep_takes_over(
     slurm_partition: str, server: str, iterations: int, reference, tmp_path: Path
 ) -> None:
-    """A third of :func:`iterations` (17 s of compute, 60 steps or more): the test kills the job past step 30."""
+    """:func:`a_third` of the steps: the test kills the job past step 30."""
     folder = tmp_path / "sigkill"
     args = ["variant=original", "run.checkpoint_every=20", *launcher(slurm_partition)]
-    iterations = max(60, iterations // 30 * 10)
+    iterations = a_third(iterations, at_least=60)
     proc = start_sweep(server, folder, iterations, *args)
     client = MlflowClient(server)
     try:
