@@ -12,7 +12,10 @@ import functools
 import hashlib
 import http.client
 import importlib.util
+import os
+import pickle
 import re
+import tempfile
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,23 +70,67 @@ def fold_torchvision_normalisation(
     return folded, tuple(255.0 * m for m in TORCHVISION_MEAN)  # type: ignore[return-value]
 
 
-@functools.cache
-def random_weights(arch: str, seed: int = 0) -> VGGWeights:
-    """Seeded He-normal weights: for tests and offline smoke runs only (their results mean nothing).
+#: The draw's recipe, named in the file that keeps it: a new recipe must not read an old draw.
+RANDOM_RECIPE = "he-normal-v1"
 
-    Made once per process and shared (the network and the judge, each job of a sweep): drawing VGG19's 20 M
-    normals takes 0.6 s, more than a tiny run's steps. Nothing modifies weights in place.
 
-    Recipe (also that of the upstream reference in ``shared/reference``): numpy RandomState(seed); per
-    conv in order, w = N(0,1)[out, in, 3, 3] * sqrt(2 / (9 * in)), b = N(0,1)[out] * 0.5, float32.
-    """
+def random_file(arch: str, seed: int) -> Path:
+    """Where :func:`random_weights` keeps a draw for later processes, beside torchvision's downloads."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / f"nst-ablation-random-{arch}-seed{seed}-{RANDOM_RECIPE}.pt"
+
+
+def draw_random(arch: str, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Recipe (also that of the upstream reference in ``shared/reference``): numpy RandomState(seed); per
+    conv in order, w = N(0,1)[out, in, 3, 3] * sqrt(2 / (9 * in)), b = N(0,1)[out] * 0.5, float32."""
     rs = np.random.RandomState(seed)
     convs = []
     for _, in_ch, out_ch in conv_shapes(arch):
         w = (rs.standard_normal((out_ch, in_ch, 3, 3)) * np.sqrt(2.0 / (9 * in_ch))).astype(np.float32)
         b = (rs.standard_normal(out_ch) * 0.5).astype(np.float32)
         convs.append((torch.from_numpy(w), torch.from_numpy(b)))
-    return VGGWeights(arch, convs, CAFFE_MEAN_PIXEL, "random", sha256_tensors(convs), f"seed={seed}")
+    return convs
+
+
+def _kept_draw(path: Path) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str] | None:
+    """The convs and SHA-256 a file keeps, or None when there is none or it does not hash to what it says."""
+    try:
+        kept = torch.load(path, mmap=True, weights_only=True)
+        convs, expected = [(w, b) for w, b in kept["convs"]], kept["sha256"]
+    except (OSError, RuntimeError, LookupError, TypeError, ValueError, pickle.UnpicklingError):
+        return None  # none yet, or not one this code wrote whole
+    sha256 = sha256_tensors(convs)
+    return (convs, sha256) if sha256 == expected else None
+
+
+def _keep_draw(path: Path, convs: list[tuple[torch.Tensor, torch.Tensor]], sha256: str) -> None:
+    """Written beside and renamed: a process reading it meanwhile sees the whole file or none. A cache that cannot
+    be written (a read-only home) only costs the next process the draw again."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as part:
+            torch.save({"recipe": RANDOM_RECIPE, "sha256": sha256, "convs": convs}, part)
+        os.replace(part.name, path)
+    except OSError:
+        return
+
+
+@functools.cache
+def random_weights(arch: str, seed: int = 0) -> VGGWeights:
+    """Seeded He-normal weights (:func:`draw_random`): for tests and offline smoke runs only (their results mean
+    nothing).
+
+    Drawing VGG19's 20 M normals takes 0.6 s, more than a tiny run's steps, and every job process of a test suite or
+    a smoke sweep would pay it. So a draw is kept in torch's hub cache (:func:`random_file`) and later processes map
+    it (0.08 s, its hash checked); within a process it is made once and shared (the network and the judge, each job
+    of a sweep). Nothing modifies weights in place.
+    """
+    path = random_file(arch, seed)
+    kept = _kept_draw(path)
+    if kept is None:
+        convs = draw_random(arch, seed)
+        kept = convs, sha256_tensors(convs)
+        _keep_draw(path, *kept)
+    return VGGWeights(arch, kept[0], CAFFE_MEAN_PIXEL, "random", kept[1], f"seed={seed}")
 
 
 def _layout_hint(by_index: dict[int, dict[str, torch.Tensor]], arch: str) -> str:

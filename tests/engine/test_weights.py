@@ -9,6 +9,7 @@ import scipy.io
 import torch
 import torchvision
 
+from ablation.engine import weights as weights_module
 from ablation.engine.network import NetworkSpec, VGGFeatures, layer_names
 from ablation.engine.weights import (
     CAFFE_MEAN_PIXEL,
@@ -137,8 +138,43 @@ def test_torchvision_offline_error_says_where_to_put_the_file(tmp_path, monkeypa
         torch.hub.set_dir(os.path.join(os.path.expanduser("~"), ".cache", "torch", "hub"))
 
 
-def test_random_weights_are_seeded_he_normal():
+@pytest.fixture
+def private_hub(tmp_path):
+    """torch's hub cache in the test's folder, and no draw made yet in this process: the seeds drawn here are kept
+    there, not among the user's downloads."""
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    random_weights.cache_clear()
+    yield tmp_path / "hub" / "checkpoints"
+    random_weights.cache_clear()
+    torch.hub.set_dir(os.path.join(os.path.expanduser("~"), ".cache", "torch", "hub"))
+
+
+def test_random_weights_are_seeded_he_normal(private_hub):
     a, b = random_weights("vgg16", 3), random_weights("vgg16", 3)
     assert a.sha256 == b.sha256 and a.sha256 != random_weights("vgg16", 4).sha256
     w = a.convs[-1][0]  # conv5_3: in = 512, std sqrt(2 / 4608) = 0.0208
     assert w.std().item() == pytest.approx((2 / (9 * 512)) ** 0.5, rel=0.01)
+
+
+def test_a_random_draw_is_kept_for_later_processes_and_a_damaged_one_drawn_again(private_hub, monkeypatch):
+    drawn = random_weights("vgg16", 3)
+    path = weights_module.random_file("vgg16", 3)
+    assert path.is_file() and path.parent == private_hub
+    assert drawn.sha256 == weights_module.sha256_tensors(weights_module.draw_random("vgg16", 3))
+
+    def no_draw(arch, seed):
+        raise AssertionError("drew again instead of reading the kept draw")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(weights_module, "draw_random", no_draw)
+        random_weights.cache_clear()  # as a new process starts
+        read = random_weights("vgg16", 3)
+    assert read.sha256 == drawn.sha256
+    assert all(torch.equal(r, d) for r, d in zip(sum(read.convs, ()), sum(drawn.convs, ()), strict=True))
+
+    path.write_bytes(path.read_bytes()[:1000])  # cut short: a damaged file is not read
+    assert weights_module._kept_draw(path) is None
+    weights_module._keep_draw(path, drawn.convs, "0" * 64)  # whole, but not hashing to what it says
+    assert weights_module._kept_draw(path) is None
+    random_weights.cache_clear()
+    assert random_weights("vgg16", 3).sha256 == drawn.sha256 and weights_module._kept_draw(path) is not None
