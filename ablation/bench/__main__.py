@@ -40,7 +40,7 @@ from ablation.engine.prepare import pick_device
 from ablation.paths import REPORTS_DIR, variant_names
 
 CPU_DEFAULTS: dict[str, Any] = {
-    "sizes": "256", "variants": "original", "iters": 8, "chunk": 1, "warmup": 2, "check_iters": 300,
+    "sizes": "256", "variants": "original", "iters": 16, "chunk": 1, "warmup": 2, "check_iters": 300,
     "check_size": 128, "batch_size_px": 256, "matmul_n": 2048, "conv_side": 64, "peak_s": 0.5,
 }  # fmt: skip
 #: What an option left out means: on a CPU, on a CUDA device, or with --quick (a smoke run on either).
@@ -62,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
     add("--precision", dest="precisions", help="CUDA: fp32,tf32,bf16; CPU: fp32,bf16 (fp32 without native bf16)")
     add("--layouts", default="nchw,nhwc", help="engine layouts: nchw, nhwc (channels_last)")
     add("--compile", action="store_true", help="also time each engine setting with torch.compile")
-    add("--iters", type=int, help="timed iterations per contender (CPU 8, CUDA 100)")
+    add("--iters", type=int, help="timed iterations per contender (CPU 16, CUDA 100)")
     add("--chunk", type=int, help="iterations per timing sample (CPU 1, CUDA 10)")
     add("--warmup", type=int, help="untimed samples per contender (2)")
     add("--no-baseline", dest="baseline", action="store_false", help="time only the engine")

@@ -50,8 +50,9 @@ class Row:
     gflops: float = field(init=False)
     efficiency: float | None = None  # achieved GF/s / the machine's conv peak in this precision
     limit_share: float | None = None  # limit_ms / median_ms
-    speedup_tutorial: float | None = None  # the tutorial's median / this median
-    speedup_strong: float | None = None  # the strong baseline's median / this median
+    speedup_tutorial: float | None = None  # :func:`speedup` over the tutorial
+    speedup_strong: float | None = None  # :func:`speedup` over the strong baseline
+    speedup_strong_quartiles: tuple[float, float] | None = None  # how far the rounds' ratios spread
 
     def __post_init__(self) -> None:
         self.median_ms, self.min_ms = statistics.median(self.samples_ms), min(self.samples_ms)
@@ -125,6 +126,18 @@ def check_same_problem(problem: Problem, contenders: list[Contender]) -> float:
     return reference
 
 
+def speedup(theirs: list[float], ours: list[float]) -> tuple[float, float, float]:
+    """Their ms over ours round by round (:func:`time_interleaved` runs each contender once a round, so a round's
+    two samples share the machine's state): the median ratio and the quartiles. On a shared 2-core host one
+    iteration's time spreads by a third either way, and the ratio of two medians of 8 samples read 1.16 and 1.51 on
+    two runs of the same code: the quartiles say how far a ratio is to be trusted."""
+    ratios = sorted(t / o for t, o in zip(theirs, ours, strict=True))
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return median, q1, q3
+
+
 def bench_case(problem: Problem, settings: Settings, peaks: dict[str, float]) -> list[Row]:
     """Time every engine setting and both baselines on one variant and size, interleaved."""
     contenders = engine_contenders(problem, settings)
@@ -142,6 +155,9 @@ def bench_case(problem: Problem, settings: Settings, peaks: dict[str, float]) ->
     for c, row in zip(contenders, rows.values(), strict=True):
         row.efficiency = row.gflops / peaks[f"conv_{c.precision}"]
         row.limit_share = None if c.limit_ms is None else c.limit_ms / row.median_ms
-        row.speedup_tutorial = rows["tutorial"].median_ms / row.median_ms if "tutorial" in rows else None
-        row.speedup_strong = rows["strong"].median_ms / row.median_ms if "strong" in rows else None
+        if "tutorial" in rows:
+            row.speedup_tutorial = speedup(rows["tutorial"].samples_ms, row.samples_ms)[0]
+        if "strong" in rows:
+            row.speedup_strong, *quartiles = speedup(rows["strong"].samples_ms, row.samples_ms)
+            row.speedup_strong_quartiles = tuple(quartiles)
     return list(rows.values())

@@ -10,11 +10,12 @@ CONTENDERS = (
     "`tutorial`: torchvision `features` through relu5_x, parameters requiring grad, pools rounding down, NCHW, "
     "`.item()` per step. `strong`: what the fastest published PyTorch implementations run: frozen, truncated "
     "after the deepest layer read, in-place ReLU, pools rounding up, plain autograd Grams, `torch.optim.Adam`, "
-    "NCHW. Engine: precision/layout. GFLOP: convolutions only (forward; input gradients up to the deepest layer "
-    "read; weight gradients for the tutorial). Efficiency: achieved / the conv peak of that precision. Limit: "
-    "the sum of this iteration's kernels timed alone at their own shapes (each conv's forward and input "
-    "gradient, each style layer's Gram forward and backward, the fastest of torch's timed blocks of calls, same "
-    "precision and layout); of limit: "
+    "NCHW. Engine: precision/layout. vs tutorial, vs strong: the median over the rounds of their time / this "
+    "one's (each round times every contender once). GFLOP: convolutions only (forward; input gradients up to "
+    "the deepest layer read; weight gradients for the tutorial). Efficiency: achieved / the conv peak of that "
+    "precision. Limit: the sum of this iteration's kernels timed alone at their own shapes (each conv's forward "
+    "and input gradient, each style layer's Gram forward and backward, the fastest of torch's timed blocks of "
+    "calls, same precision and layout); of limit: "
     "limit / median. Step-0 loss: the start image's total (checked equal for every fp32 contender that solves "
     "the same problem; the tutorial's pools differ unless both sides are multiples of 16)."
 )
@@ -114,7 +115,8 @@ def _targets(results: dict[str, Any]) -> list[str]:
     lines = ["", "## Targets", "", "| target | measured | bound | result |", "|---|---:|---:|---|"]
     for t in results["targets"]:
         verdict = {True: "pass", False: "FAIL", None: f"not measured (needs {t['note']})"}[t["pass"]]
-        lines.append(f"| {t['target']} | {fmt(t['value'], '.3g')} | {t['op']} {t['bound']:g} | {verdict} |")
+        spread = f" (quartiles {t['quartiles'][0]:.2f}-{t['quartiles'][1]:.2f})" if t.get("quartiles") else ""
+        lines.append(f"| {t['target']} | {fmt(t['value'], '.3g')}{spread} | {t['op']} {t['bound']:g} | {verdict} |")
     return lines
 
 
