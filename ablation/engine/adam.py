@@ -2,8 +2,8 @@
 
 TF1 (upstream's ``tf.train.AdamOptimizer``): x -= lr * sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps). torch's kernel:
 x -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps'). They agree when eps' = eps / sqrt(1-b2^t), so step t passes
-that eps'; the difference matters where gradients are tiny (the first step moves such pixels by 0.97 lr instead of
-0.76 lr).
+that eps'; the difference matters where gradients are tiny (on the first step a gradient of 1e-6 moves its pixel by
+0.76 lr, where torch's own epsilon would move it by 0.99 lr).
 
 Why not ``torch.optim.Adam``: its methods (``__init__``, ``step``, ``zero_grad``) import ``torch._dynamo`` on their
 first call, 2-3 s of CPU in every process that runs a transfer (a run's start-up is about 10 s). The functional

@@ -57,14 +57,15 @@ def test_twenty_steps_equal_torch_adam_with_tf1_epsilon_bit_for_bit() -> None:
         assert torch.equal(our_state["state"][0][key], their_state["state"][0][key])
 
 
-def test_the_first_step_is_tf1s_not_torchs() -> None:
-    """Gradient 1e-9, lr 10. TF1: lr * sqrt(1-b2) * g / (sqrt(1-b2) * g + eps) = 0.0315; torch's own epsilon would
-    give lr * g / (g + eps) = 0.909."""
+@pytest.mark.parametrize(("gradient", "moved"), [(1e-9, 0.031523), (1e-6, 7.5975)])
+def test_the_first_step_is_tf1s_not_torchs(gradient: float, moved: float) -> None:
+    """lr 10. TF1: lr * sqrt(1-b2) * g / (sqrt(1-b2) * g + eps): 0.0315 for g = 1e-9, 7.60 (0.76 lr, the module's
+    docstring) for 1e-6; torch's own epsilon would give lr * g / (g + eps): 0.909 and 9.90."""
     image = torch.zeros(1, 1, 1, 1, requires_grad=True)
     opt = TF1Adam(image, SETTINGS)
-    image.grad = torch.full_like(image, 1e-9)
+    image.grad = torch.full_like(image, gradient)
     opt.step()
-    assert -image.item() == pytest.approx(0.031523, rel=1e-4)
+    assert -image.item() == pytest.approx(moved, rel=1e-4)
 
 
 @pytest.mark.parametrize("direction", ["torch-to-ours", "ours-to-torch"])

@@ -172,7 +172,9 @@ def test_a_random_draw_is_kept_for_later_processes_and_a_damaged_one_drawn_again
     assert read.sha256 == drawn.sha256
     assert all(torch.equal(r, d) for r, d in zip(sum(read.convs, ()), sum(drawn.convs, ()), strict=True))
 
-    path.write_bytes(path.read_bytes()[:1000])  # cut short: a damaged file is not read
+    cut = path.read_bytes()[:1000]
+    path.unlink()  # not cut in place: ``read`` maps that file
+    path.write_bytes(cut)  # cut short: a damaged file is not read
     assert weights_module._kept_draw(path) is None
     weights_module._keep_draw(path, drawn.convs, "0" * 64)  # whole, but not hashing to what it says
     assert weights_module._kept_draw(path) is None
