@@ -104,14 +104,17 @@ def _kept_draw(path: Path) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str
 
 def _keep_draw(path: Path, convs: list[tuple[torch.Tensor, torch.Tensor]], sha256: str) -> None:
     """Written beside and renamed: a process reading it meanwhile sees the whole file or none. A cache that cannot
-    be written (a read-only home) only costs the next process the draw again."""
+    be written (a read-only home, a full disk: torch's writer raises RuntimeError) only costs the next process the
+    draw again, and leaves no part behind."""
+    part = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as part:
             torch.save({"recipe": RANDOM_RECIPE, "sha256": sha256, "convs": convs}, part)
         os.replace(part.name, path)
-    except OSError:
-        return
+    except (OSError, RuntimeError):
+        if part is not None:
+            Path(part.name).unlink(missing_ok=True)
 
 
 @functools.cache

@@ -180,3 +180,13 @@ def test_a_random_draw_is_kept_for_later_processes_and_a_damaged_one_drawn_again
     assert weights_module._kept_draw(path) is None
     random_weights.cache_clear()
     assert random_weights("vgg16", 3).sha256 == drawn.sha256 and weights_module._kept_draw(path) is not None
+
+
+def test_a_draw_that_cannot_be_kept_is_still_used_and_leaves_no_part(private_hub, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(weights_module.torch, "save", full_disk)
+    drawn = random_weights("vgg16", 5)
+    assert drawn.sha256 == weights_module.sha256_tensors(weights_module.draw_random("vgg16", 5))
+    assert list(private_hub.iterdir()) == []  # neither the file nor its part
