@@ -70,7 +70,7 @@ def fold_torchvision_normalisation(
     return folded, tuple(255.0 * m for m in TORCHVISION_MEAN)  # type: ignore[return-value]
 
 
-#: The draw's recipe, named in the file that keeps it: a new recipe must not read an old draw.
+#: The draw's recipe, in the name of the file that keeps it: a new recipe must not read an old draw.
 RANDOM_RECIPE = "he-normal-v1"
 
 
@@ -110,7 +110,7 @@ def _keep_draw(path: Path, convs: list[tuple[torch.Tensor, torch.Tensor]], sha25
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as part:
-            torch.save({"recipe": RANDOM_RECIPE, "sha256": sha256, "convs": convs}, part)
+            torch.save({"sha256": sha256, "convs": convs}, part)
         os.replace(part.name, path)
     except (OSError, RuntimeError):
         if part is not None:

@@ -1,8 +1,6 @@
 """Weight sources agree: the same weights through MatConvNet (old and new format), a state dict and
 torchvision's normalised input give the same features."""
 
-import os
-
 import numpy as np
 import pytest
 import scipy.io
@@ -127,26 +125,23 @@ def test_torchvision_fold_equals_normalised_input(tmp_path, image):
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
-def test_torchvision_offline_error_says_where_to_put_the_file(tmp_path, monkeypatch):
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # a closed port: no download, anywhere
-    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
-    try:
-        with pytest.raises(WeightsError, match="cannot download the weights .*vgg19-dcbb9e9d.pth.*put that file at"):
-            torchvision_weights("vgg19")
-    finally:
-        torch.hub.set_dir(os.path.join(os.path.expanduser("~"), ".cache", "torch", "hub"))
-
-
 @pytest.fixture
 def private_hub(tmp_path):
-    """torch's hub cache in the test's folder, and no draw made yet in this process: the seeds drawn here are kept
-    there, not among the user's downloads."""
+    """torch's hub cache in the test's folder (its ``checkpoints``), and no random draw made yet in this process:
+    what a test downloads or draws lands there, not among the user's files."""
+    users = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path / "hub"))
     random_weights.cache_clear()
     yield tmp_path / "hub" / "checkpoints"
     random_weights.cache_clear()
-    torch.hub.set_dir(os.path.join(os.path.expanduser("~"), ".cache", "torch", "hub"))
+    torch.hub.set_dir(users)
+
+
+def test_torchvision_offline_error_says_where_to_put_the_file(private_hub, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # a closed port: no download, anywhere
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    with pytest.raises(WeightsError, match="cannot download the weights .*vgg19-dcbb9e9d.pth.*put that file at"):
+        torchvision_weights("vgg19")
 
 
 def test_random_weights_are_seeded_he_normal(private_hub):
