@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 
 from ablation.bench.breakdown import profile_ms
 from ablation.bench.cases import bench_case, engine_options
@@ -24,7 +23,7 @@ from ablation.engine.backends import configure_backends, native_bf16, prefers_ch
 from ablation.engine.hardware import synchronize
 from ablation.engine.prepare import Problem, prepare
 from ablation.engine.transfer import TOTAL, EngineOptions, new_state, stylize
-from ablation.engine.weights import VGGWeights, load_weights
+from ablation.engine.weights import VGGWeights, load_weights, torchvision_file
 from ablation.paths import CONF_DIR
 
 
@@ -33,9 +32,7 @@ def load_bench_weights(choice: str, arch: str) -> VGGWeights:
     weights, which time the same (dense convolutions do not look at the values) but make the bf16
     deviation a statement about random filters; the report says which were used."""
     if choice == "auto":
-        enum = {"vgg19": torchvision.models.VGG19_Weights, "vgg16": torchvision.models.VGG16_Weights}[arch]
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.IMAGENET1K_V1.url).name
-        choice = "torchvision" if cached.is_file() else "random"
+        choice = "torchvision" if torchvision_file(arch).is_file() else "random"
     if choice in ("torchvision", "random"):
         return load_weights(choice, arch)
     path = Path(choice).expanduser()

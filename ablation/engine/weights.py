@@ -19,6 +19,7 @@ import tempfile
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ import torch
 from ablation.engine.errors import UserError
 from ablation.engine.inputs import file_sha256
 from ablation.engine.network import ARCHITECTURES, conv_shapes, layer_names
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 #: upstream's (and Caffe VGG's) ImageNet mean pixel, RGB 0-255.
 CAFFE_MEAN_PIXEL = (123.68, 116.779, 103.939)
@@ -74,9 +78,15 @@ def fold_torchvision_normalisation(
 RANDOM_RECIPE = "he-normal-v1"
 
 
+def hub_checkpoints() -> Path:
+    """torch's cache of downloaded weights (``torch.hub.get_dir()``, moved by TORCH_HOME): torchvision's files,
+    and the random draws kept beside them."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
 def random_file(arch: str, seed: int) -> Path:
     """Where :func:`random_weights` keeps a draw for later processes, beside torchvision's downloads."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / f"nst-ablation-random-{arch}-seed{seed}-{RANDOM_RECIPE}.pt"
+    return hub_checkpoints() / f"nst-ablation-random-{arch}-seed{seed}-{RANDOM_RECIPE}.pt"
 
 
 def draw_random(arch: str, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -185,13 +195,21 @@ def torchvision_version() -> str:
     return found.group(1) if found else "unknown"
 
 
-def torchvision_weights(arch: str) -> VGGWeights:
-    """torchvision's IMAGENET1K_V1 weights, downloaded once into torch's hub cache."""
+def _torchvision_enum(arch: str) -> WeightsEnum:
+    """torchvision's IMAGENET1K_V1 entry for ``arch`` (torchvision imported only when asked for)."""
     import torchvision.models as tvm
 
-    enum = {"vgg19": tvm.VGG19_Weights, "vgg16": tvm.VGG16_Weights}[arch].IMAGENET1K_V1
-    cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
-    cached = cache_dir / Path(enum.url).name
+    return {"vgg19": tvm.VGG19_Weights, "vgg16": tvm.VGG16_Weights}[arch].IMAGENET1K_V1
+
+
+def torchvision_file(arch: str) -> Path:
+    """Where torchvision keeps its IMAGENET1K_V1 weights of ``arch`` once downloaded."""
+    return hub_checkpoints() / Path(_torchvision_enum(arch).url).name
+
+
+def torchvision_weights(arch: str) -> VGGWeights:
+    """torchvision's IMAGENET1K_V1 weights, downloaded once into torch's hub cache."""
+    enum, cached = _torchvision_enum(arch), torchvision_file(arch)
     try:
         state = enum.get_state_dict(progress=True, check_hash=False)
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as err:
