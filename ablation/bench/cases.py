@@ -1,5 +1,6 @@
-"""One case: a variant at one size. Every contender warmed up, timed interleaved, checked to solve the same
-problem, and turned into rows with speed-ups, GF/s, efficiency against the peak and share of the limit."""
+"""One case: a variant at one size. Every contender and the engine's per-layer limits warmed up, timed
+interleaved, checked to solve the same problem, and turned into rows with speed-ups, GF/s, efficiency against the
+peak and share of the limit."""
 
 from __future__ import annotations
 
@@ -7,14 +8,13 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Any
 
 import torch
 
 from ablation.bench.contenders import BaselineLoop, EngineRunner, engine_name, held_tensors, time_interleaved
 from ablation.bench.flops import conv_plan, iteration_gflop
-from ablation.bench.probes import LIMIT_MIN_S, MemoryProbe, best_seconds, layer_limit_ms, tensors_mib
+from ablation.bench.probes import LimitRunner, MemoryProbe, tensors_mib
 from ablation.bench.settings import LAYOUTS, Settings
 from ablation.engine.backends import configure_backends
 from ablation.engine.network import layer_names
@@ -30,7 +30,7 @@ class Contender:
     gflop: float  # analytic conv GFLOP per iteration
     peak_mib: float | None
     step0_total: float
-    limit_ms: float | None = None  # the per-layer kernel limit (engine only)
+    limit: str | None = None  # the name its per-layer limit is timed under in the rounds (engine only)
 
 
 @dataclass
@@ -43,13 +43,15 @@ class Row:
     gflop: float
     peak_mib: float | None
     step0_total: float
-    limit_ms: float | None
     samples_ms: list[float]
+    limit_samples_ms: list[float] | None  # the per-layer limit's ms, one per round (engine only)
     median_ms: float = field(init=False)
     min_ms: float = field(init=False)
     gflops: float = field(init=False)
+    limit_ms: float | None = field(init=False)  # the limit's median
     efficiency: float | None = None  # achieved GF/s / the machine's conv peak in this precision
-    limit_share: float | None = None  # limit_ms / median_ms
+    limit_share: float | None = None  # :func:`speedup` of ours over the limit: the share of it we reach
+    limit_share_quartiles: tuple[float, float] | None = None
     speedup_tutorial: float | None = None  # :func:`speedup` over the tutorial
     speedup_strong: float | None = None  # :func:`speedup` over the strong baseline
     speedup_strong_quartiles: tuple[float, float] | None = None  # how far the rounds' ratios spread
@@ -57,6 +59,7 @@ class Row:
     def __post_init__(self) -> None:
         self.median_ms, self.min_ms = statistics.median(self.samples_ms), min(self.samples_ms)
         self.gflops = self.gflop / (self.median_ms / 1000)
+        self.limit_ms = statistics.median(self.limit_samples_ms) if self.limit_samples_ms else None
 
 
 def engine_options(settings: Settings) -> list[EngineOptions]:
@@ -73,25 +76,26 @@ def _warm_up(run: Callable[[], Any], settings: Settings, problem: Problem, net: 
     return None if working is None else working + tensors_mib(net, held_tensors(problem))
 
 
-def engine_contenders(problem: Problem, settings: Settings) -> list[Contender]:
-    """The engine in every precision x layout asked for, warmed up, each with its per-layer limit."""
+def engine_contenders(problem: Problem, settings: Settings) -> tuple[list[Contender], dict[str, LimitRunner]]:
+    """The engine in every precision x layout asked for, warmed up, and each one's per-layer limit (one per
+    precision and layout: compiled or not, the same kernels), by the name it is timed under."""
     spec, (h, w) = problem.spec, problem.content.shape[-2:]
     gflop = iteration_gflop(conv_plan(spec.network.arch, spec.last_layer, h, w, True), spec.last_layer, False)
     style_layers = [n for n, wt in spec.loss.style_layer_weights().items() if wt and spec.loss.style_weight]
-    timer = partial(best_seconds, device=problem.device, min_s=LIMIT_MIN_S)
     calls = max(settings.warmup, 1) + settings.iters // settings.chunk
-    contenders, limits_ms = [], {}
+    contenders, limits = [], {}
     for options in engine_options(settings):
         runner = EngineRunner(problem, options, [spec.seed], settings.chunk, calls)
         peak = _warm_up(runner, settings, problem, runner.net)
-        key = (options.precision, options.channels_last)  # compiled or not, the same kernels
-        if key not in limits_ms:
-            limits_ms[key] = sum(layer_limit_ms(runner.net, h, w, style_layers, options, timer).values())
-        limit_ms = limits_ms[key]
+        limit = "limit " + engine_name(replace(options, compile=False))
+        if limit not in limits:
+            limits[limit] = LimitRunner(runner.net, h, w, style_layers, options, settings.chunk)
+            for _ in range(max(settings.warmup, 1)):
+                limits[limit]()
         contenders.append(
-            Contender(engine_name(options), runner, options.precision, gflop, peak, runner.step0_total, limit_ms)
+            Contender(engine_name(options), runner, options.precision, gflop, peak, runner.step0_total, limit)
         )
-    return contenders
+    return contenders, limits
 
 
 def baseline_contenders(problem: Problem, settings: Settings) -> list[Contender]:
@@ -139,22 +143,26 @@ def speedup(theirs: list[float], ours: list[float]) -> tuple[float, float, float
 
 
 def bench_case(problem: Problem, settings: Settings, peaks: dict[str, float]) -> list[Row]:
-    """Time every engine setting and both baselines on one variant and size, interleaved."""
-    contenders = engine_contenders(problem, settings)
+    """Time every engine setting, its per-layer limit and both baselines on one variant and size, interleaved."""
+    contenders, limits = engine_contenders(problem, settings)
     contenders += baseline_contenders(problem, settings) if settings.baseline else []
     check_same_problem(problem, contenders)
     rounds = settings.iters // settings.chunk
-    samples = time_interleaved({c.name: c.run for c in contenders}, settings.chunk, rounds, problem.device)
+    runners = {c.name: c.run for c in contenders} | limits
+    samples = time_interleaved(runners, settings.chunk, rounds, problem.device)
     h, w = problem.content.shape[-2:]
     rows = {
         c.name: Row(
-            problem.spec.variant, f"{w}x{h}", c.name, c.gflop, c.peak_mib, c.step0_total, c.limit_ms, samples[c.name]
+            problem.spec.variant, f"{w}x{h}", c.name, c.gflop, c.peak_mib, c.step0_total, samples[c.name],
+            samples[c.limit] if c.limit else None,
         )
         for c in contenders
-    }
+    }  # fmt: skip
     for c, row in zip(contenders, rows.values(), strict=True):
         row.efficiency = row.gflops / peaks[f"conv_{c.precision}"]
-        row.limit_share = None if c.limit_ms is None else c.limit_ms / row.median_ms
+        if row.limit_samples_ms:
+            row.limit_share, *quartiles = speedup(row.limit_samples_ms, row.samples_ms)
+            row.limit_share_quartiles = tuple(quartiles)
         if "tutorial" in rows:
             row.speedup_tutorial = speedup(rows["tutorial"].samples_ms, row.samples_ms)[0]
         if "strong" in rows:

@@ -21,10 +21,6 @@ from ablation.engine.network import LayerShape, VGGFeatures, layer_shapes
 from ablation.engine.transfer import EngineOptions
 from ablation.engine.weights import torchvision_version
 
-Timer = Callable[[Callable[[], Any]], float]
-#: Seconds of timed blocks per kernel of the per-layer limit (a peak's are ``Settings.peak_s``).
-LIMIT_MIN_S = 0.01
-
 
 def best_seconds(fn: Callable[[], Any], device: torch.device, min_s: float) -> float:
     """Seconds per call of the fastest block of calls (:func:`ablation.engine.hardware.timed` for about
@@ -94,23 +90,41 @@ def _gram_step(shape: LayerShape, options: EngineOptions, device: torch.device) 
     return lambda: torch.autograd.grad(gram(features), features, grad)
 
 
-def layer_limit_ms(
-    net: VGGFeatures, height: int, width: int, style_layers: list[str], options: EngineOptions, timer: Timer
-) -> dict[str, float]:
-    """ms of each kernel of one iteration timed alone at its own shape: every conv of ``net`` (forward and
-    input gradient) and the Gram of each style layer (forward and backward). Their sum is the iteration's
-    kernel limit on this machine: what the loop would take with no pooling, activations, losses, optimiser,
-    copies or launches. ``timer`` times one callable in seconds (``best_seconds`` for :data:`LIMIT_MIN_S`)."""
+def kernel_steps(
+    net: VGGFeatures, height: int, width: int, style_layers: list[str], options: EngineOptions
+) -> dict[str, Callable[[], Any]]:
+    """Each kernel of one iteration alone at its own shape, in the network's order: every conv of ``net`` (forward
+    and input gradient) and the Gram of each style layer (forward and backward). Together they are the iteration's
+    kernel limit on this machine: what the loop would take with no pooling, activations, losses, optimiser, copies
+    or launches."""
     device = next(net.parameters()).device
-    configure_backends(options, device)
     convs = {name: layer for name, layer in zip(net.names, net.layers, strict=True) if isinstance(layer, nn.Conv2d)}
-    limit: dict[str, float] = {}
+    steps: dict[str, Callable[[], Any]] = {}
     for shape in layer_shapes(net.spec.arch, net.last_layer, height, width):
         if shape.name in convs:
-            limit[shape.name] = 1000 * timer(_conv_step(convs[shape.name], shape, options))
+            steps[shape.name] = _conv_step(convs[shape.name], shape, options)
         if shape.name in style_layers:
-            limit[f"gram {shape.name}"] = 1000 * timer(_gram_step(shape, options, device))
-    return limit
+            steps[f"gram {shape.name}"] = _gram_step(shape, options, device)
+    return steps
+
+
+class LimitRunner:
+    """The per-layer limit as a contender: ``chunk`` passes over :func:`kernel_steps`, each kernel once a pass, in
+    the engine's precision and layout. Timed in the same rounds as the engine, so that the share of the limit
+    compares two samples taken in the same state of the machine (a limit timed in a phase of its own read 0.89 to
+    1.19 of the iteration on a shared 2-core host: more than the whole, at times)."""
+
+    def __init__(self, net: VGGFeatures, height: int, width: int, style_layers: list[str], options: EngineOptions,
+                 chunk: int) -> None:  # fmt: skip
+        self.options, self.device, self.chunk = options, next(net.parameters()).device, chunk
+        configure_backends(options, self.device)
+        self.steps = list(kernel_steps(net, height, width, style_layers, options).values())
+
+    def __call__(self) -> None:
+        configure_backends(self.options, self.device)
+        for _ in range(self.chunk):
+            for step in self.steps:
+                step()
 
 
 def _status_kib(field_name: str) -> int | None:

@@ -13,10 +13,10 @@ CONTENDERS = (
     "NCHW. Engine: precision/layout. vs tutorial, vs strong: the median over the rounds of their time / this "
     "one's (each round times every contender once). GFLOP: convolutions only (forward; input gradients up to "
     "the deepest layer read; weight gradients for the tutorial). Efficiency: achieved / the conv peak of that "
-    "precision. Limit: the sum of this iteration's kernels timed alone at their own shapes (each conv's forward "
-    "and input gradient, each style layer's Gram forward and backward, the fastest of torch's timed blocks of "
-    "calls, same precision and layout); of limit: "
-    "limit / median. Step-0 loss: the start image's total (checked equal for every fp32 contender that solves "
+    "precision. Limit ms: the median of this iteration's kernels run alone at their own shapes (each conv's "
+    "forward and input gradient, each style layer's Gram forward and backward, same precision and layout), one "
+    "sample a round beside the contenders; of limit: the median over the rounds of the limit's time / this "
+    "one's. Step-0 loss: the start image's total (checked equal for every fp32 contender that solves "
     "the same problem; the tutorial's pools differ unless both sides are multiples of 16)."
 )
 
