@@ -14,7 +14,7 @@ import torch
 
 from ablation.bench.contenders import BaselineLoop, EngineRunner, engine_name, held_tensors, time_interleaved
 from ablation.bench.flops import conv_plan, iteration_gflop
-from ablation.bench.probes import LimitRunner, MemoryProbe, tensors_mib
+from ablation.bench.probes import LimitRunner, MemoryProbe, cpu_jiffies, stolen_share, tensors_mib
 from ablation.bench.settings import LAYOUTS, Settings
 from ablation.engine.backends import configure_backends
 from ablation.engine.network import layer_names
@@ -55,6 +55,7 @@ class Row:
     speedup_tutorial: float | None = None  # :func:`speedup` over the tutorial
     speedup_strong: float | None = None  # :func:`speedup` over the strong baseline
     speedup_strong_quartiles: tuple[float, float] | None = None  # how far the rounds' ratios spread
+    stolen_share: float | None = None  # of the CPU time during the rounds, what the hypervisor gave other guests
 
     def __post_init__(self) -> None:
         self.median_ms, self.min_ms = statistics.median(self.samples_ms), min(self.samples_ms)
@@ -149,7 +150,9 @@ def bench_case(problem: Problem, settings: Settings, peaks: dict[str, float]) ->
     check_same_problem(problem, contenders)
     rounds = settings.iters // settings.chunk
     runners = {c.name: c.run for c in contenders} | limits
+    before = cpu_jiffies()
     samples = time_interleaved(runners, settings.chunk, rounds, problem.device)
+    stolen = stolen_share(before, cpu_jiffies())
     h, w = problem.content.shape[-2:]
     rows = {
         c.name: Row(
@@ -159,7 +162,7 @@ def bench_case(problem: Problem, settings: Settings, peaks: dict[str, float]) ->
         for c in contenders
     }  # fmt: skip
     for c, row in zip(contenders, rows.values(), strict=True):
-        row.efficiency = row.gflops / peaks[f"conv_{c.precision}"]
+        row.efficiency, row.stolen_share = row.gflops / peaks[f"conv_{c.precision}"], stolen
         if row.limit_samples_ms:
             row.limit_share, *quartiles = speedup(row.limit_samples_ms, row.samples_ms)
             row.limit_share_quartiles = tuple(quartiles)

@@ -127,6 +127,24 @@ class LimitRunner:
                 step()
 
 
+def cpu_jiffies() -> tuple[int, int] | None:
+    """(stolen, total) CPU time of every core since boot in jiffies (Linux's /proc/stat; None elsewhere). Stolen is
+    what the hypervisor gave other guests while this one had work: on a shared virtual machine, the noise a timing
+    cannot see from inside."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def stolen_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of the CPU time between two :func:`cpu_jiffies` readings that other guests took."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def _status_kib(field_name: str) -> int | None:
     try:
         lines = Path("/proc/self/status").read_text().splitlines()

@@ -73,6 +73,10 @@ def _rows(results: dict[str, Any]) -> list[str]:
             f"{r['gflops']:.0f} | {r['efficiency']:.0%} | {fmt(r['limit_ms'])} | {fmt(r['limit_share'], '.0%')} | "
             f"{fmt(r['peak_mib'], '.0f')} | {r['step0_total']:.6g} |"
         )
+    stolen = {(r["variant"], r["size_wh"]): r.get("stolen_share") for r in results["rows"]}
+    if any(v is not None for v in stolen.values()):
+        lines += ["", "CPU time the hypervisor gave other guests during the rounds (noise the timings cannot see): "
+                  + ", ".join(f"{v} {size} {fmt(s, '.1%')}" for (v, size), s in stolen.items()) + "."]  # fmt: skip
     return lines
 
 

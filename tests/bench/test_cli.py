@@ -64,6 +64,7 @@ def test_tiny_run_writes_rows_limit_profile_and_targets(tmp_path, monkeypatch):
     assert engine["limit_ms"] == pytest.approx(statistics.median(engine["limit_samples_ms"])) and engine["limit_ms"] > 0
     shares = [li / e for li, e in zip(engine["limit_samples_ms"], engine["samples_ms"], strict=True)]
     assert engine["limit_share"] == pytest.approx(statistics.median(shares)) and tutorial["limit_ms"] is None
+    assert 0 <= engine["stolen_share"] <= 1 and strong["stolen_share"] == engine["stolen_share"]  # one per case
     ratios = [s / e for s, e in zip(strong["samples_ms"], engine["samples_ms"], strict=True)]  # round by round
     assert engine["speedup_strong"] == pytest.approx(statistics.median(ratios))
     low, high = engine["speedup_strong_quartiles"]

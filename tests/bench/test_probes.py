@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ablation.bench.probes import LimitRunner, kernel_steps
+from ablation.bench.probes import LimitRunner, cpu_jiffies, kernel_steps, stolen_share
 from ablation.engine.network import NetworkSpec, VGGFeatures
 from ablation.engine.transfer import EngineOptions
 
@@ -28,3 +28,10 @@ def test_limit_runs_every_conv_and_style_gram_at_its_own_shape(vgg19_random, cha
     runner = LimitRunner(net, 16, 16, STYLE_LAYERS, options, chunk=2)
     runner()  # two passes over the 18 kernels
     assert len(runner.steps) == 18
+
+
+def test_stolen_share_is_the_hypervisors_part_of_the_cpu_time_between_two_readings():
+    assert stolen_share((100, 1_000), (150, 2_000)) == pytest.approx(0.05)  # 50 of 1,000 jiffies
+    assert stolen_share(None, (150, 2_000)) is None and stolen_share((100, 1_000), (100, 1_000)) is None
+    now = cpu_jiffies()  # this machine's /proc/stat: stolen no more than the whole
+    assert now is None or 0 <= now[0] <= now[1]
