@@ -114,10 +114,10 @@ class LimitRunner:
     compares two samples taken in the same state of the machine (a limit timed in a phase of its own read 0.89 to
     1.19 of the iteration on a shared 2-core host: more than the whole, at times)."""
 
-    def __init__(self, net: VGGFeatures, height: int, width: int, style_layers: list[str], options: EngineOptions,
-                 chunk: int) -> None:  # fmt: skip
+    def __init__(
+        self, net: VGGFeatures, height: int, width: int, style_layers: list[str], options: EngineOptions, chunk: int
+    ) -> None:
         self.options, self.device, self.chunk = options, next(net.parameters()).device, chunk
-        configure_backends(options, self.device)
         self.steps = list(kernel_steps(net, height, width, style_layers, options).values())
 
     def __call__(self) -> None:
