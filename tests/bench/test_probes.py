@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ablation.bench.probes import LimitRunner, cpu_jiffies, kernel_steps, stolen_share
+from ablation.bench.probes import KernelInputs, LimitRunner, cpu_jiffies, kernel_steps, stolen_share
 from ablation.engine.network import NetworkSpec, VGGFeatures
 from ablation.engine.transfer import EngineOptions
 
@@ -20,11 +20,16 @@ def test_limit_runs_every_conv_and_style_gram_at_its_own_shape(vgg19_random, cha
     net = VGGFeatures(NetworkSpec(), vgg19_random.convs, "relu5_1")
     net = net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     options = EngineOptions(channels_last=channels_last)
-    steps = kernel_steps(net, 16, 16, STYLE_LAYERS, options)
+    inputs = KernelInputs(options, torch.device("cpu"))
+    steps = kernel_steps(net, 16, 16, STYLE_LAYERS, inputs)
     elements = {name: step()[0].numel() for name, step in steps.items()}
     assert len(elements) == 13 + 5 and list(elements)[:3] == ["conv1_1", "gram relu1_1", "conv1_2"]
     assert elements["conv1_1"] == 768 and elements["gram relu5_1"] == 512
     assert sum(elements.values()) == 82_688
+    # kernels of one shape share their inputs (a conv's incoming gradient is the next conv's input, and the Gram's
+    # features too): per level the maps of each width and the Gram's C x C, 3 + 3 + 3 + 3 + 1 = 13 tensors (the
+    # C x C of relu5_1 is relu4_1's) instead of two per kernel (36)
+    assert len(inputs.made) == 13
     runner = LimitRunner(net, 16, 16, STYLE_LAYERS, options, chunk=2)
     runner()  # two passes over the 18 kernels
     assert len(runner.steps) == 18
