@@ -129,12 +129,11 @@ class LimitRunner:
     def __init__(
         self, net: VGGFeatures, height: int, width: int, style_layers: list[str], options: EngineOptions, chunk: int
     ) -> None:
-        self.options, self.device, self.chunk = options, next(net.parameters()).device, chunk
-        self.inputs = KernelInputs(options, self.device)
+        self.chunk, self.inputs = chunk, KernelInputs(options, next(net.parameters()).device)
         self.steps = list(kernel_steps(net, height, width, style_layers, self.inputs).values())
 
     def __call__(self) -> None:
-        configure_backends(self.options, self.device)
+        configure_backends(self.inputs.options, self.inputs.device)
         for _ in range(self.chunk):
             for step in self.steps:
                 step()
