@@ -35,7 +35,8 @@ demo: install  ## one transfer of the report's pair at 256 px, 300 iterations, p
 	$(PY) -m ablation.run images.width=256 run.iterations=300 $(DEMO_ARGS)
 
 # pytest-xdist workers, each running one test module at a time (its module fixtures run once), in the order
-# tests/conftest.py gives: the SLURM and server tests mostly wait, so make test runs one worker more than cores.
+# tests/conftest.py gives. The suite is CPU-bound (docs/layout.md, The tests); one worker more than cores fills the
+# waits inside the process-starting tests (a server coming up, SLURM scheduling a job, a 10 s outage).
 TEST_WORKERS ?= 3
 FAST_WORKERS ?= 2
 XDIST = --dist loadscope --no-loadscope-reorder
