@@ -3,15 +3,19 @@
 Time limits, ``scancel`` and SIGKILL lose nothing: each ends with one FINISHED run per job whose every step is
 logged once and whose final losses equal an uninterrupted run's (rtol 1e-6; the same CPU and thread count give
 the same numbers bit for bit, since resuming recomputes each step from the saved image and Adam state). One
-uninterrupted run serves both comparisons: the SIGKILL test's shorter job matches the losses it logged at that step.
+uninterrupted run of the same steps serves both comparisons.
 
-Iterations are sized from this machine's measured speed (:func:`iterations`), so a job outlasts its time
-limit whether the machine is fast or shared and slow. Each test uses its own MLflow experiment on the shared
-server. Needs ``make slurm-up`` (skips otherwise; CI=true makes a skip a failure).
+Iterations are sized from this machine's measured speed (:func:`iterations`), so a job is still running when the
+test cancels or kills it, whether the machine is fast or shared and slow. SLURM's warning before a time limit comes
+20 to 50 s after a job starts; rather than computing all that while, the time-limit test stops its job (SIGSTOP)
+after its first steps and continues it once the warning is pending (:func:`stop_until_signalled`). Each test
+uses its own MLflow experiment on the shared server. Needs ``make slurm-up`` (skips otherwise; CI=true makes a
+skip a failure).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -36,7 +40,7 @@ RESULTS = ("final_content", "final_style", "final_tv", "final_total")
 #: Time limit and warning: SLURM signals the job 10 s before its one-minute limit, as slurmctld's periodic check (every
 #: 30 s) sees it, counting that period as early: 20 to 50 s after the job starts (its log: requeued at 22 s and 42 s).
 #: Up to 7 requeues: a job's start-up (imports, the store) takes 8 s alone and 30 s or more beside the other tests on
-#: 2 cores, which leaves a segment little compute; the conf's 3 ran out once in CI (4 segments, 227 s, not finished).
+#: 2 cores, so a continued segment can be warned before it finishes; the conf's 3 once ran out in CI.
 MAX_REQUEUES = 7
 TIME_LIMIT = [
     "hydra.launcher.timeout_min=1",
@@ -125,6 +129,12 @@ def job_python(slurm_job_id: str) -> int:
     raise AssertionError(f"no Python process of SLURM job {slurm_job_id}")
 
 
+def past_step(client: MlflowClient, experiment: str, step: int) -> Run | None:
+    """The experiment's one job run once its heartbeat says ``step`` is stored."""
+    runs = child_runs(client, experiment)
+    return runs[0] if runs and heartbeat.logged_step(runs[0]) >= step else None
+
+
 def logged_steps(client: MlflowClient, run_id: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, "total"))
 
@@ -147,16 +157,35 @@ def speed_it_s(tmp_path_factory: pytest.TempPathFactory) -> float:
 
 @pytest.fixture(scope="module")
 def iterations(speed_it_s: float) -> int:
-    """Steps that take 50 s of compute at the best speed: a one-minute job is signalled 20 to 50 s after it starts
-    (see TIME_LIMIT), so the signal always comes before the end, and 4 segments (3 requeues) finish it on a busy
-    machine."""
-    return max(60, int(speed_it_s * 50) // 10 * 10)
+    """Steps that take 12 s of compute at the best speed, in tens, and at least 60: a job is still running when the
+    test, polling every second, sees it past step 30 and cancels, kills or stops it."""
+    return max(60, int(speed_it_s * 12) // 10 * 10)
 
 
-def a_third(iterations: int, at_least: int) -> int:
-    """A third of :func:`iterations` (17 s of compute), in tens, and ``at_least`` steps: for the tests that stop a
-    job themselves and need no time limit outlasted."""
-    return max(at_least, iterations // 30 * 10)
+def signal_pending(pid: int, signum: int) -> bool:
+    """Whether ``signum`` waits to be delivered to the (stopped) process ``pid``, or the process has ended."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    lines = status.splitlines()
+    masks = [int(line.split()[1], 16) for line in lines if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(mask & (1 << (signum - 1)) for mask in masks) or "State:\tZ" in status  # a zombie has ended
+
+
+def stop_until_signalled(pid: int, signum: int = signal.SIGUSR2, timeout_s: float = 120) -> None:
+    """Stop the job's process until SLURM's warning (submitit asks for SIGUSR2) is pending, then continue it: the
+    handler runs as it would have mid-step, but the 20 to 50 s SLURM takes to warn cost no compute. A process that
+    ended first (warned before the test stopped it) is left alone."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return
+    try:
+        wait_for("SLURM's warning to the stopped job", lambda: signal_pending(pid, signum), timeout_s=timeout_s)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 @pytest.fixture(scope="module")
@@ -169,19 +198,14 @@ def reference(server: str, iterations: int, tmp_path_factory: pytest.TempPathFac
     proc = subprocess.Popen(cmd, cwd=PROJECT, env=sweep_env(server), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     found: list[Run] = []
 
-    def result(at_step: int | None = None) -> dict[str, float]:
-        """Its final losses, or its losses logged at ``at_step``: those of a run of that many steps, bit for bit
-        (Adam's first steps do not depend on how many follow), so a shorter test compares with the same run."""
+    def result() -> dict[str, float]:
+        """Its final losses, once it has finished."""
         if not found:
             _, err = proc.communicate(timeout=600)
             assert proc.returncode == 0, err.decode()[-2000:]
             found.extend(child_runs(MlflowClient(server), "reference"))
         (run,) = found
-        if at_step is None:
-            return {k: run.data.metrics[k] for k in RESULTS}
-        client = MlflowClient(server)
-        history = {k: client.get_metric_history(run.info.run_id, k.removeprefix("final_")) for k in RESULTS}
-        return {k: next(m.value for m in logged if m.step == at_step) for k, logged in history.items()}
+        return {k: run.data.metrics[k] for k in RESULTS}
 
     yield result  # type: ignore[misc]
     proc.kill()
@@ -221,20 +245,18 @@ def test_two_variant_sweep_finishes(slurm_partition: str, server: str, tmp_path:
 def test_time_limit_checkpoints_at_the_signal_and_requeues(
     slurm_partition: str, server: str, iterations: int, reference, tmp_path: Path
 ) -> None:
-    """No periodic checkpoint (run.checkpoint_every=0): whatever is continued was saved at SLURM's signal."""
-    started = time.monotonic()
-    done = run_sweep(
-        server,
-        tmp_path / "limit",
-        iterations,
-        "variant=original",
-        "run.checkpoint_every=0",
-        *launcher(slurm_partition),
-        *TIME_LIMIT,
-        timeout_s=(MAX_REQUEUES + 1) * 75,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    """No periodic checkpoint (run.checkpoint_every=0): whatever is continued was saved at SLURM's signal. The job is
+    stopped past step 30 until the signal is pending (:func:`stop_until_signalled`)."""
+    started, folder = time.monotonic(), tmp_path / "limit"
+    args = ["variant=original", "run.checkpoint_every=0", *launcher(slurm_partition), *TIME_LIMIT]
+    proc = start_sweep(server, folder, iterations, *args)
     client = MlflowClient(server)
+    try:
+        first = wait_for("the job's first steps", lambda: past_step(client, "limit", 30))
+        stop_until_signalled(job_python(first.data.tags["slurm_job_id"]))
+        assert proc.wait(timeout=(MAX_REQUEUES + 1) * 75) == 0, folder.with_suffix(".log").read_text()[-3000:]
+    finally:
+        proc.kill()
     (run,) = child_runs(client, "limit")
     assert run.info.status == "FINISHED"
     requeues = int(run.data.tags["resume_count"])
@@ -255,10 +277,8 @@ def test_time_limit_checkpoints_at_the_signal_and_requeues(
 def test_scancel_ends_killed_and_a_rerun_continues(
     slurm_partition: str, server: str, iterations: int, tmp_path: Path
 ) -> None:
-    """No time limit to outlast here: :func:`a_third` of the steps keeps the job running well past step 10, where the
-    test (polling every second) cancels it."""
+    """The test cancels the original job past step 10."""
     folder, args = tmp_path / "cancel", ["run.checkpoint_every=0", *launcher(slurm_partition)]
-    iterations = a_third(iterations, at_least=20)
     proc = start_sweep(server, folder, iterations, *args)
     client = MlflowClient(server)
     try:
@@ -289,19 +309,13 @@ def test_scancel_ends_killed_and_a_rerun_continues(
 def test_sigkill_leaves_a_run_a_later_sweep_takes_over(
     slurm_partition: str, server: str, iterations: int, reference, tmp_path: Path
 ) -> None:
-    """:func:`a_third` of the steps: the test kills the job past step 30."""
+    """The test kills the job past step 30, beyond its first checkpoint (every 20 steps)."""
     folder = tmp_path / "sigkill"
     args = ["variant=original", "run.checkpoint_every=20", *launcher(slurm_partition)]
-    iterations = a_third(iterations, at_least=60)
     proc = start_sweep(server, folder, iterations, *args)
     client = MlflowClient(server)
     try:
-
-        def past_a_checkpoint() -> Run | None:
-            runs = child_runs(client, "sigkill")
-            return runs[0] if runs and heartbeat.logged_step(runs[0]) >= 30 else None
-
-        run = wait_for("a checkpoint", past_a_checkpoint)
+        run = wait_for("a checkpoint", lambda: past_step(client, "sigkill", 30))
         fingerprint, experiment_id = run.data.tags["fingerprint"], run.info.experiment_id
         with using_store(server):
             live = lookup.take_over_dead(experiment_id, fingerprint, limit_s=60)
@@ -323,4 +337,4 @@ def test_sigkill_leaves_a_run_a_later_sweep_takes_over(
     assert float(finished.data.tags["taken_over_after_s"]) > 5
     assert int(finished.data.tags["resumed_from_step"]) % 20 == 0  # the last periodic checkpoint
     assert logged_steps(client, run.info.run_id) == list(range(iterations + 1))  # none twice, none lost
-    assert_equals_reference(finished, reference(at_step=iterations))
+    assert_equals_reference(finished, reference())
