@@ -51,9 +51,10 @@ class Job:
         return replace(self, spec=replace(self.spec, seeds=seeds, seed=seeds[0]))
 
 
-#: A job reuses its process's measurement of the machine when it is younger than this: a sweep of short jobs
-#: (a tuning study, a test's 3-step runs) spent more time calibrating than computing, and a minute-old figure
-#: describes the same machine; a job of a real size outlasts it, so each such job measures afresh.
+#: A job reuses a measurement of its machine younger than this, its own process's or one another process of this
+#: host kept (SLURM jobs of a sweep on one node, joblib's workers): a sweep of short jobs (a tuning study, a test's
+#: 3-step runs) spent more time calibrating than computing, and a minute-old figure describes the same machine; a
+#: job of a real size outlasts it, so each such job measures afresh.
 MACHINE_REUSE_S = 60.0
 _measured: dict[tuple[str, int], tuple[float, Machine]] = {}
 
@@ -61,7 +62,7 @@ _measured: dict[tuple[str, int], tuple[float, Machine]] = {}
 @dataclass(frozen=True)
 class Machine:
     """The machine a job runs on, and how fast it convolves: measured at job start (about half a second), or
-    taken from a measurement of this process less than :data:`MACHINE_REUSE_S` old.
+    taken from a measurement of this host less than :data:`MACHINE_REUSE_S` old.
 
     The hardware class groups runs whose runtimes compare; the calibration puts different classes on one scale.
     """
@@ -74,8 +75,13 @@ class Machine:
         key = (str(device), torch.get_num_threads())  # the threads are part of the hardware class
         found = _measured.get(key)
         if found is None or time.monotonic() - found[0] >= MACHINE_REUSE_S:
-            machine = cls(hardware.describe(device), hardware.calibrate(device))
-            found = _measured[key] = (time.monotonic(), machine)
+            described = hardware.describe(device)
+            kept = hardware.kept_calibration(described, MACHINE_REUSE_S)
+            if kept is None:
+                kept = hardware.calibrate(device), 0.0
+                hardware.keep_calibration(described, kept[0])
+            gflops, age_s = kept
+            found = _measured[key] = (time.monotonic() - age_s, cls(described, gflops))
         return found[1]
 
 

@@ -45,7 +45,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory, vgg19_random) -> Iterator[P
         folder = tmp_path_factory.mktemp("fuzz")
         patch.setenv("MLFLOW_TRACKING_URI", sqlite_store(folder))
         patch.setattr(job, "load_weights", lambda *args, **kwargs: vgg19_random)
-        patch.setattr(hardware, "calibrate", lambda device: 1.0)
+        patch.setattr(job.Machine, "measure", classmethod(lambda cls, device: cls(hardware.describe(device), 1.0)))
         yield folder
 
 

@@ -66,16 +66,21 @@ def test_calibration_is_logged_once_at_step_0(recorded_run):
     assert calibration.step == 0 and calibration.value > 0
 
 
-def test_a_job_reuses_a_machine_measurement_younger_than_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Short jobs of one process share one calibration; an older one is measured again (the real calibration,
-    counted)."""
+def test_a_job_reuses_a_machine_measurement_younger_than_a_minute(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Short jobs of one process share one calibration, and so does the next process of this host (its own
+    measurements empty, the kept file read); an older one is measured again (the real calibration, counted)."""
     calls: list[float] = []
     real = hardware.calibrate
     monkeypatch.setattr(hardware, "calibrate", lambda device: calls.append(real(device, min_s=0.05)) or calls[-1])
     monkeypatch.setattr(job, "_measured", {})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     cpu = torch.device("cpu")
     first, second = job.Machine.measure(cpu), job.Machine.measure(cpu)
     assert second is first and len(calls) == 1 and first.calibration_gflops == calls[0] > 0
+    monkeypatch.setattr(job, "_measured", {})  # another process
+    assert job.Machine.measure(cpu) == first and len(calls) == 1
     monkeypatch.setattr(job, "MACHINE_REUSE_S", 0.0)
     assert job.Machine.measure(cpu) is not first and len(calls) == 2
 

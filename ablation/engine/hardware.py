@@ -9,6 +9,8 @@ GFLOP/s is roughly constant for conv-bound work).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import platform
@@ -24,8 +26,12 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own convention
 
+from ablation.engine.inputs import cache_dir
+
 if TYPE_CHECKING:
     from torch.utils.benchmark import Measurement
+
+log = logging.getLogger(__name__)
 
 #: What a field holds when the machine has none (no GPU, a CPU-only torch build): MLflow params are strings.
 ABSENT = "none"
@@ -161,3 +167,33 @@ def calibrate(device: torch.device, min_s: float = 0.5) -> float:
         return CALIBRATION_GFLOP / timed(lambda: F.conv2d(images, weight, padding=1), device, min_s).mean
     finally:
         cudnn.conv.fp32_precision, cudnn.benchmark = saved
+
+
+def kept_calibration(machine: Hardware, max_age_s: float) -> tuple[float, float] | None:
+    """(GFLOP/s, age in s) of the calibration a process of this host kept for ``machine``'s class (:func:`keep`)
+    less than ``max_age_s`` ago; None when there is none, it is older, or it cannot be read."""
+    try:
+        kept = json.loads(_calibration_file(machine).read_text())
+        age = time.time() - float(kept["measured_at"])
+        return (float(kept["calibration_gflops"]), age) if 0 <= age < max_age_s else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def keep_calibration(machine: Hardware, gflops: float) -> None:
+    """Keep a calibration for this host's other processes (written whole, then renamed: a reader never sees half
+    a file); where the cache cannot be written, nothing is kept."""
+    path = _calibration_file(machine)
+    partial = path.with_name(f"{path.name}.{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"calibration_gflops": gflops, "measured_at": time.time()}))
+        os.replace(partial, path)
+    except OSError as err:
+        log.debug("calibration not kept in %s: %s", path, err)
+
+
+def _calibration_file(machine: Hardware) -> Path:
+    """One file per host and hardware class: a home folder shared by a cluster's nodes holds each node's own."""
+    key = hashlib.sha256(f"{machine.hostname}\n{machine.hardware_class()}".encode()).hexdigest()[:16]
+    return cache_dir() / "calibration" / f"{key}.json"

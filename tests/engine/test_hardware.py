@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -98,3 +99,19 @@ def test_calibration_takes_about_its_budget_and_leaves_the_rng_and_backend_flags
     assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.benchmark) == flags
     # warm-up (one pass) + at least 0.2 s of passes; a pass of 1.2 GFLOP takes < 0.5 s at >= 2.4 GFLOP/s
     assert 0.2 <= elapsed_s < 1.5 and gflops > 1.0
+
+
+def test_a_kept_calibration_serves_its_host_and_class_until_it_is_too_old(tmp_path, monkeypatch):
+    """Kept by one process, read by another of the same host and class; not by another node of the class (a shared
+    home folder), not past its age, not when the file is damaged."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert hardware.kept_calibration(H100, 60) is None
+    hardware.keep_calibration(H100, 1234.5)
+    gflops, age_s = hardware.kept_calibration(H100, 60)
+    assert gflops == 1234.5 and 0 <= age_s < 5
+    assert hardware.kept_calibration(H100, age_s / 2) is None  # too old for a stricter reader
+    assert hardware.kept_calibration(replace(H100, hostname="node8"), 60) is None
+    assert hardware.kept_calibration(replace(H100, gpu_name="NVIDIA A100"), 60) is None
+    (kept,) = (tmp_path / "nst-ablation" / "calibration").iterdir()
+    kept.write_text("{not json")
+    assert hardware.kept_calibration(H100, 60) is None
