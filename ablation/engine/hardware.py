@@ -170,8 +170,9 @@ def calibrate(device: torch.device, min_s: float = 0.5) -> float:
 
 
 def kept_calibration(machine: Hardware, max_age_s: float) -> tuple[float, float] | None:
-    """(GFLOP/s, age in s) of the calibration a process of this host kept for ``machine``'s class (:func:`keep`)
-    less than ``max_age_s`` ago; None when there is none, it is older, or it cannot be read."""
+    """(GFLOP/s, age in s) of the calibration a process of this host kept for ``machine``'s class
+    (:func:`keep_calibration`) less than ``max_age_s`` ago; None when there is none, it is older, or it cannot be
+    read."""
     try:
         kept = json.loads(_calibration_file(machine).read_text())
         age = time.time() - float(kept["measured_at"])

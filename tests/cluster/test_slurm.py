@@ -158,7 +158,7 @@ def speed_it_s(tmp_path_factory: pytest.TempPathFactory) -> float:
 @pytest.fixture(scope="module")
 def iterations(speed_it_s: float) -> int:
     """Steps that take 12 s of compute at the best speed, in tens, and at least 60: a job is still running when the
-    test, polling every second, sees it past step 30 and cancels, kills or stops it."""
+    test, polling every second, sees it past step 10 or 30 and cancels, kills or stops it."""
     return max(60, int(speed_it_s * 12) // 10 * 10)
 
 
