@@ -26,12 +26,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own convention
 
-from ablation.engine.inputs import cache_dir
+from ablation.engine.inputs import cache_dir, keep_whole
 
 if TYPE_CHECKING:
     from torch.utils.benchmark import Measurement
-
-log = logging.getLogger(__name__)
 
 #: What a field holds when the machine has none (no GPU, a CPU-only torch build): MLflow params are strings.
 ABSENT = "none"
@@ -182,16 +180,9 @@ def kept_calibration(machine: Hardware, max_age_s: float) -> tuple[float, float]
 
 
 def keep_calibration(machine: Hardware, gflops: float) -> None:
-    """Keep a calibration for this host's other processes (written whole, then renamed: a reader never sees half
-    a file); where the cache cannot be written, nothing is kept."""
-    path = _calibration_file(machine)
-    partial = path.with_name(f"{path.name}.{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps({"calibration_gflops": gflops, "measured_at": time.time()}))
-        os.replace(partial, path)
-    except OSError as err:
-        log.debug("calibration not kept in %s: %s", path, err)
+    """Keep a calibration for this host's other processes, whole or not at all (:func:`keep_whole`)."""
+    kept = {"calibration_gflops": gflops, "measured_at": time.time()}
+    keep_whole(_calibration_file(machine), lambda part: part.write(json.dumps(kept).encode()))
 
 
 def _calibration_file(machine: Hardware) -> Path:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from ablation.engine.errors import UserError
 
@@ -31,6 +34,24 @@ class DataError(UserError):
 
 def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nst-ablation"
+
+
+def keep_whole(path: Path, write: Callable[[IO[bytes]], object]) -> bool:
+    """Keep a file for later processes: ``write`` fills a file beside ``path``, which is then renamed to it, so a
+    process reading meanwhile sees the whole file or none. A cache that cannot be written (a read-only home, a full
+    disk; torch's writer raises RuntimeError) only costs a later process the work again, and leaves no part
+    behind: False then."""
+    part = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as part:
+            write(part)
+        os.replace(part.name, path)
+        return True
+    except (OSError, RuntimeError):
+        if part is not None:
+            Path(part.name).unlink(missing_ok=True)
+        return False
 
 
 def file_sha256(path: str | Path) -> str:

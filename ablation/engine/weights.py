@@ -12,10 +12,8 @@ import functools
 import hashlib
 import http.client
 import importlib.util
-import os
 import pickle
 import re
-import tempfile
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 
 from ablation.engine.errors import UserError
-from ablation.engine.inputs import file_sha256
+from ablation.engine.inputs import file_sha256, keep_whole
 from ablation.engine.network import ARCHITECTURES, conv_shapes, layer_names
 
 if TYPE_CHECKING:
@@ -113,18 +111,9 @@ def _kept_draw(path: Path) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str
 
 
 def _keep_draw(path: Path, convs: list[tuple[torch.Tensor, torch.Tensor]], sha256: str) -> None:
-    """Written beside and renamed: a process reading it meanwhile sees the whole file or none. A cache that cannot
-    be written (a read-only home, a full disk: torch's writer raises RuntimeError) only costs the next process the
-    draw again, and leaves no part behind."""
-    part = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as part:
-            torch.save({"sha256": sha256, "convs": convs}, part)
-        os.replace(part.name, path)
-    except (OSError, RuntimeError):
-        if part is not None:
-            Path(part.name).unlink(missing_ok=True)
+    """Kept whole or not at all (:func:`keep_whole`): a cache that cannot be written costs the next process the
+    draw again."""
+    keep_whole(path, lambda part: torch.save({"sha256": sha256, "convs": convs}, part))
 
 
 @functools.cache

@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ablation.engine import hardware
 from ablation.engine.hardware import Hardware
+from ablation.engine.inputs import keep_whole
 
 H100 = Hardware(
     device="cuda",
@@ -115,3 +116,19 @@ def test_a_kept_calibration_serves_its_host_and_class_until_it_is_too_old(tmp_pa
     (kept,) = (tmp_path / "nst-ablation" / "calibration").iterdir()
     kept.write_text("{not json")
     assert hardware.kept_calibration(H100, 60) is None
+
+
+def test_a_calibration_that_cannot_be_kept_costs_nothing_and_leaves_no_part(tmp_path, monkeypatch):
+    """A cache folder that cannot be made, or a write that fails half-way: no error, no file, no part behind."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    hardware.keep_calibration(H100, 1234.5)
+    assert hardware.kept_calibration(H100, 60) is None
+
+    def half_then_full(part) -> None:
+        part.write(b'{"calibration_gflops": 1')
+        raise OSError("No space left on device")
+
+    assert not keep_whole(tmp_path / "kept" / "c.json", half_then_full)
+    assert list((tmp_path / "kept").iterdir()) == []
