@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -83,8 +84,31 @@ class _SymmetricGram(torch.autograd.Function):
 
 
 def mean_squared(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """mean((a - b)^2) over every axis but the batch: upstream's 2 * l2_loss(a - b) / size."""
-    return (_at_least_fp32(a) - _at_least_fp32(b)).pow(2).flatten(1).mean(dim=1)
+    """mean((a - b)^2) over every axis but the batch: upstream's 2 * l2_loss(a - b) / size; ``b`` is a target
+    (no gradient)."""
+    return _MeanSquared.apply(_at_least_fp32(a), _at_least_fp32(b))
+
+
+class _MeanSquared(torch.autograd.Function):
+    """mean((a - b)^2) per sample, with the gradient d * (2 g / n) for d = a - b written out.
+
+    It is what autograd computes for ``(a - b).pow(2).mean()``, bit for bit (the factor 2 is exact), but
+    autograd's chain multiplies an expanded [B, ...] gradient into a channels-last ``d``, a slow strided
+    loop (4 ms per step on relu4_2 at 256 px), and the mean over a flattened channels-last tensor copies it
+    in both passes. The reduction runs over the axes in memory order instead of flattening.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        d = a - b
+        ctx.save_for_backward(d)
+        return d.pow(2).mean(dim=tuple(range(1, d.dim())))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (d,) = ctx.saved_tensors
+        scale = (grad / d[0].numel() * 2).view(-1, *[1] * (d.dim() - 1))
+        return d * scale, None
 
 
 def style_distances(feature: torch.Tensor, target_grams: Sequence[torch.Tensor]) -> torch.Tensor:

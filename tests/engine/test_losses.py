@@ -65,6 +65,21 @@ def test_mean_squared_matches_upstream_l2_loss_form():
     assert mean_squared(a, b)[1].item() == pytest.approx(upstream.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_mean_squared_gradient_is_autograds_bit_for_bit(layout):
+    """The written-out backward, d * (2 g / n), against autograd's own chain through pow and mean."""
+    a = torch.randn(2, 8, 5, 7).contiguous(memory_format=layout).requires_grad_(True)
+    b = torch.randn(2, 8, 5, 7).contiguous(memory_format=layout)
+    grad = torch.tensor([0.7, -3.1])
+    ours = mean_squared(a, b)
+    (ours * grad).sum().backward()
+    ours_grad, a.grad = a.grad, None
+    autograd = (a - b).pow(2).flatten(1).mean(dim=1)
+    (autograd * grad).sum().backward()
+    assert torch.allclose(ours, autograd, rtol=1e-6, atol=0)  # the sum's order follows the memory layout
+    assert torch.equal(ours_grad, a.grad)
+
+
 def test_read_layers_skip_zero_weights():
     assert LossWeights().read_layers() == ["relu4_2", "relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
     assert "relu5_2" in LossWeights(content_blend=0.5).read_layers()

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from ablation.engine import network
 from ablation.engine.errors import UserError
 from ablation.engine.losses import LossWeights
 from ablation.engine.network import NetworkSpec, VGGFeatures, deepest, layer_names, layer_shapes
@@ -41,7 +42,7 @@ def test_variant_modules(variant, vgg19_random, vgg16_random):
     want_pool = nn.AvgPool2d if variant == "avg_pool" else nn.MaxPool2d
     assert all(type(p) is want_pool for p in pools)
     acts = [m for n, m in zip(net.names, net.layers, strict=True) if n.startswith("relu")]
-    want_act = nn.LeakyReLU if variant == "leaky_relu" else nn.ReLU
+    want_act = nn.LeakyReLU if variant == "leaky_relu" else network.ReLU  # in place both ways
     assert all(type(a) is want_act for a in acts[:-1])
     assert type(acts[-1]) is (nn.Tanh if variant.endswith("tanh") or variant == "tanh_final" else want_act)
     if variant == "leaky_relu":
@@ -116,3 +117,31 @@ def test_layer_shapes_walk_by_hand():
     assert (shapes[0].in_channels, shapes[0].channels, shapes[0].height, shapes[0].width) == (3, 64, 33, 17)
     assert (shapes[4].height, shapes[4].width, shapes[5].in_channels, shapes[5].elements) == (17, 9, 64, 128 * 17 * 9)
     assert layer_shapes("vgg19", "pool1", 33, 17, ceil_pool=False)[-1].height == 16  # torchvision's default
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_relu_after_its_pool_and_in_place_backward_give_autograds_numbers(vgg19_random, layout):
+    """The network pools before a ReLU that no loss reads and masks gradients in place; activations and the
+    image's gradient equal torch's own modules run in network order (out-of-place ReLU), bit for bit."""
+    net = VGGFeatures(NetworkSpec(), vgg19_random.convs, "relu3_1").to(memory_format=layout)
+    plain = [nn.ReLU() if isinstance(m, nn.ReLU) else m for m in net.layers]
+    wanted = ["relu1_1", "relu2_1", "relu3_1"]
+    torch.manual_seed(0)
+    image = (torch.randn(1, 3, 38, 50) * 60).contiguous(memory_format=layout)  # ceil pooling: odd sizes too
+    ours_image, plain_image = image.clone().requires_grad_(True), image.clone().requires_grad_(True)
+    relu1_2 = net.layers[net.names.index("relu1_2")]
+    shapes = []
+    relu1_2.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
+    ours = net(ours_image, wanted)
+    assert shapes == [(1, 64, 19, 25)]  # relu1_2 ran on pool1's output
+    theirs, x = {}, plain_image
+    for name, module in zip(net.names, plain, strict=True):
+        x = module(x)
+        theirs[name] = x
+    probes = {name: torch.randn(ours[name].shape) for name in wanted}
+    for features in (ours, theirs):
+        sum((features[n] * probes[n]).sum() for n in wanted).backward()
+    assert all(torch.equal(ours[n], theirs[n]) for n in wanted)
+    pooled = nn.functional.max_pool2d(theirs["relu1_2"], 2, 2, ceil_mode=True)
+    assert (pooled == 0).float().mean() > 0.1  # windows with no positive value occur, and are zero both ways
+    assert torch.equal(ours_image.grad, plain_image.grad)
