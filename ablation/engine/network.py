@@ -127,8 +127,8 @@ class _ReluInPlace(torch.autograd.Function):
     fresh activation-sized gradient. The gradient a ReLU receives here is a buffer made for it alone (the next
     conv's input gradient, a pool's or a loss's backward, or autograd's sum of them) that nothing reads after,
     so masking it in place gives the same numbers with one activation-sized allocation and write less per ReLU
-    (``torch.profiler``: 19 -> 13 ms of ``threshold_backward`` per step at 256 px). A gradient whose elements
-    overlap (an expanded one) is masked into a new tensor."""
+    (``torch.profiler``, VGG19 at 256 px, after :meth:`VGGFeatures._run`'s reordering: ``threshold_backward``
+    15.6 -> 7.2 ms per step). A gradient whose elements overlap (an expanded one) is masked into a new tensor."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
@@ -391,7 +391,8 @@ class VGGFeatures(nn.Module):
         with ReLU (ReLU keeps the order of positive values and maps the rest to 0), so the output is the same,
         and so is every gradient: where a window's maximum is positive both orders pick the same element, where
         it is not both give the window zero. The ReLU's forward and backward then touch a quarter of the
-        elements (``torch.profiler`` at 256 px: 25 -> 20 ms per step of ReLU forward and backward)."""
+        elements (``torch.profiler``, VGG19 at 256 px: ReLU's forward 7.2 -> 5.4 ms per step, its backward 19.0 ->
+        15.6 ms)."""
         reduced, pooled, deferred = {}, None, None
         for i, (name, layer) in enumerate(zip(self.names[lo:hi], self.layers[lo:hi], strict=True), start=lo):
             if lean and i in self.relu_before_max_pool:
