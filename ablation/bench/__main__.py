@@ -1,7 +1,8 @@
 """Speed and memory benchmark: the engine against a tutorial and a strong baseline loop, the machine's peak
 and this iteration's per-layer kernel limit.
 
-    python -m ablation.bench                    # CPU: 128 and 256 px; CUDA: 256, 512, 1024 px; every variant
+    python -m ablation.bench                    # CPU: original at 256 px; CUDA: every variant at 256, 512, 1024 px
+    python -m ablation.bench --precision fp32 --layouts nhwc --iters 48   # the CPU fp32 targets, read closer
     python -m ablation.bench --quick            # a smoke run: 64 px, original, a few iterations
     python -m ablation.bench --sizes 256 --variants original --precision fp32,bf16 --layouts nchw,nhwc --profile
 
