@@ -141,8 +141,13 @@ class _ReluInPlace(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (y,) = ctx.saved_tensors
         if grad.is_contiguous() or grad.is_contiguous(memory_format=torch.channels_last):
-            return torch.ops.aten.threshold_backward.grad_input(grad, y, 0, grad_input=grad)
+            return relu_backward_(grad, y)
         return torch.ops.aten.threshold_backward(grad, y, 0)
+
+
+def relu_backward_(grad: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """ReLU's backward written into ``grad`` (zero where the ReLU's output ``y`` is not positive), returned."""
+    return torch.ops.aten.threshold_backward.grad_input(grad, y, 0, grad_input=grad)
 
 
 class ReLU(nn.ReLU):
@@ -234,7 +239,7 @@ class LeanReluMaxPool(torch.autograd.Function):
                 )
             if grad_activation is not None:  # the activation is read by a loss too
                 piece.add_(grad_activation[at])
-            piece.masked_fill_(part <= 0, 0)  # ReLU's backward: threshold_backward(grad, y, 0), in place
+            relu_backward_(piece, part)
             if grad is None:
                 return piece
             grad[at] = piece
