@@ -55,6 +55,9 @@ class Row:
     speedup_tutorial: float | None = None  # :func:`speedup` over the tutorial
     speedup_strong: float | None = None  # :func:`speedup` over the strong baseline
     speedup_strong_quartiles: tuple[float, float] | None = None  # how far the rounds' ratios spread
+    # :func:`speedup` of the limit over the strong baseline: the speed-up this row would read at 100% of its limit,
+    # the most the engine can show without kernels faster than the limit's own
+    strong_ceiling: float | None = None
     stolen_share: float | None = None  # of the CPU time during the rounds, what the hypervisor gave other guests
 
     def __post_init__(self) -> None:
@@ -171,4 +174,6 @@ def bench_case(problem: Problem, settings: Settings, peaks: dict[str, float]) ->
         if "strong" in rows:
             row.speedup_strong, *quartiles = speedup(rows["strong"].samples_ms, row.samples_ms)
             row.speedup_strong_quartiles = tuple(quartiles)
+            if row.limit_samples_ms:
+                row.strong_ceiling = speedup(rows["strong"].samples_ms, row.limit_samples_ms)[0]
     return list(rows.values())

@@ -119,6 +119,8 @@ def _targets(results: dict[str, Any]) -> list[str]:
     lines = ["", "## Targets", "", "| target | measured | bound | result |", "|---|---:|---:|---|"]
     for t in results["targets"]:
         verdict = {True: "pass", False: "FAIL", None: f"not measured (needs {t['note']})"}[t["pass"]]
+        if t["pass"] is False and t.get("ceiling") is not None and t["ceiling"] < t["bound"]:
+            verdict += f" (out of reach here: {t['ceiling']:.2f} at 100% of the per-layer limit)"
         spread = f" (quartiles {t['quartiles'][0]:.2f}-{t['quartiles'][1]:.2f})" if t.get("quartiles") else ""
         lines.append(f"| {t['target']} | {fmt(t['value'], '.3g')}{spread} | {t['op']} {t['bound']:g} | {verdict} |")
     return lines

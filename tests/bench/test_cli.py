@@ -69,6 +69,8 @@ def test_tiny_run_writes_rows_limit_profile_and_targets(tmp_path, monkeypatch):
     assert engine["speedup_strong"] == pytest.approx(statistics.median(ratios))
     low, high = engine["speedup_strong_quartiles"]
     assert min(ratios) <= low <= engine["speedup_strong"] <= high <= max(ratios)
+    ceilings = [s / li for s, li in zip(strong["samples_ms"], engine["limit_samples_ms"], strict=True)]
+    assert engine["strong_ceiling"] == pytest.approx(statistics.median(ceilings))  # the speed-up at the limit
     assert results["batched"]["seeds"] == 2 and sum(results["profile"]["ms_per_iteration"].values()) > 0
     markdown = (tmp_path / "bench.md").read_text()
     assert "## Targets" in markdown and "## Where the time goes" in markdown

@@ -48,6 +48,16 @@ def test_no_native_bf16_leaves_the_bf16_targets_unmeasured():
     assert "no native bf16" in targets[2]["note"] and "no native bf16" in targets[3]["note"]
 
 
+def test_a_speed_up_failing_below_its_ceiling_says_it_is_out_of_reach_here():
+    # the strong baseline is 1.23x the limit: even at 100% of the limit the engine reads 1.23 < 1.25
+    rows = [row("256x341", "fp32/nhwc", 400.0, speedup_strong=1.18, limit_share=0.96) | {"strong_ceiling": 1.23}]
+    table = "\n".join(_targets({"targets": check_targets(results("cpu", False, "nhwc", rows))}))
+    assert "| 1.18 | >= 1.25 | FAIL (out of reach here: 1.23 at 100% of the per-layer limit) |" in table
+    rows[0]["strong_ceiling"] = 1.36  # reachable: a plain FAIL
+    table = "\n".join(_targets({"targets": check_targets(results("cpu", False, "nhwc", rows))}))
+    assert "| 1.18 | >= 1.25 | FAIL |" in table
+
+
 def test_gpu_targets_from_whole_runs_and_batched_seeds():
     batched = {"seeds": 4, "size_px": 256, "time_ratio": 1.6}
     targets = check_targets(results("cuda", True, "nchw", [], full_run={"best_s": 8.2}, batched=batched))
