@@ -12,7 +12,8 @@ baseline, interleaved in one process after a warm-up, so a machine that gets bus
 alike; checks they start from the same loss; and reports median and min ms per iteration, speed-ups, analytic
 conv GFLOP, GF/s, efficiency against the single-kernel peaks, the share of the per-layer limit reached, and
 peak memory. Then the loss deviation of tf32/bf16, batched seeds against one, whole CUDA runs, the profile
-(``--profile``) and the targets, pass or FAIL, into reports/bench/bench.md and bench.json.
+(``--profile``) and the targets, pass or FAIL, into reports/bench/bench.md and bench.json. A FAIL of the
+speed-up over the strong baseline says "out of reach here" when even 100% of the per-layer limit would miss it.
 A benchmark, not a test: it asserts nothing about speed.
 """
 
