@@ -23,8 +23,7 @@ def run(spec: NetworkSpec, options: EngineOptions) -> tuple[torch.Tensor, torch.
     """Every step's losses [STEPS + 1, 1, 4] and the final image of seed 0 on a 40x36 pair (20x18 in bf16: a CPU
     without native bf16 runs its convolutions on torch's slow reference path, 40 s for the larger pair)."""
     torch.manual_seed(0)
-    half = options.precision == "bf16"
-    h, w = (18, 20) if half else (36, 40)
+    h, w = (18, 20) if options.precision == "bf16" else (36, 40)
     content, style = torch.rand(1, 3, h, w) * 255 - 120, torch.rand(1, 3, h + 4, w + 4) * 255 - 120
     net = VGGFeatures(spec, random_weights(spec.arch, 0).convs, "relu5_1")
     if options.channels_last:
