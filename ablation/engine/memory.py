@@ -7,7 +7,9 @@ content loss the difference to its target, TV the image's two differences; the a
 bf16 autocast, else 4. With activation checkpointing (``run.activation_checkpointing``) the leading stages keep
 only their inputs and are recomputed one at a time in the backward pass (the fewest that give the lowest peak:
 :func:`recomputed_stages`). The backward pass adds its working set: the gradient of the stage's largest
-activation (measured: what it makes beyond that is freed as fast, as each node frees what it saved).
+activation (measured: what it makes beyond that is freed as fast, as each node frees what it saved), and where
+the convolutions run on torch's reference path (bf16 on a CPU without native bf16) the im2col columns of the
+stage's largest conv input, 9 x its size, which that path's backward allocates.
 
 Around the loop: the image, its gradient, Adam's two moments, the best image and Adam's temporaries (7
 image-sized tensors per seed), the targets (content activations, Grams), the targets' own pass (content and
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ablation.engine.backends import resolve_options
+from ablation.engine.backends import native_bf16, resolve_options
 from ablation.engine.errors import UserError
 from ablation.engine.images import content_size, image_size_wh, style_size
 from ablation.engine.inputs import resolve_image
@@ -83,6 +85,11 @@ class Workload:
     styles_hw: tuple[tuple[int, int], ...]
     batch: int = 1
     checkpointing: bool = False
+    #: The convolutions run on torch's reference path (im2col and a matmul): bf16 on a CPU without native bf16.
+    #: Its backward holds each conv input's columns, [9 x C_in, H x W], beside the gradients: measured at 512 px
+    #: on a 2-core AMD EPYC (AVX2), the peak was 280 MiB over the estimate without them with checkpointing and 93
+    #: over it without; the first stage's columns are 288 MiB there.
+    im2col: bool = False
 
 
 @dataclass(frozen=True)
@@ -168,13 +175,22 @@ def _largest(work: Workload, stage: tuple[int, int]) -> int:
     return max(layer.elements for layer in shapes[stage[0] : stage[1]])
 
 
+def _columns(work: Workload, stage: tuple[int, int]) -> int:
+    """Elements of the largest im2col buffer a conv of the stage makes on torch's reference path: 9 x its input."""
+    shapes = layer_shapes(work.network.arch, work.last_layer, *work.content_hw)
+    image = 3 * work.content_hw[0] * work.content_hw[1]
+    return max(9 * (shapes[i - 1].elements if i else image) for i in range(*stage) if shapes[i].name.startswith("conv"))
+
+
 def loop_peak(work: Workload, recomputed: int) -> tuple[int, int]:
     """(kept, backward working set) of one step at its peak, the leading ``recomputed`` stages recomputed.
     Without checkpointing everything is kept as the backward begins, and the first stage's activations with the
     largest working set at its end. With it, each stage's backward (last to first) holds the stages' inputs,
     what the stages before it that are not recomputed keep, and its own activations with its working set."""
     size, parts = _activation_bytes(work.precision), stages(work)
-    working = [size * work.batch * _largest(work, stage) for stage in parts]  # a gradient has its activation's dtype
+    working = [  # a gradient has its activation's dtype, and so do the reference path's columns
+        size * work.batch * (_largest(work, stage) + (_columns(work, stage) if work.im2col else 0)) for stage in parts
+    ]
     if not recomputed:
         first = saved_bytes(work, parts[0]) + work.batch * tv_bytes(work.content_hw)
         return max((saved_bytes(work), 0), (first, working[0]), key=sum)
@@ -280,9 +296,10 @@ def workload(spec: RunSpec, device: torch.device, checkpointing: bool, width: in
     content_hw, styles_hw = planned_sizes(spec, width)
     batch = max(len(seeds) for seeds in spec.seed_batches(device.type))
     channels_last = resolve_options(spec.engine, device).channels_last is True
+    im2col = spec.engine.precision == "bf16" and device.type == "cpu" and not native_bf16(device)
     return Workload(
         spec.network, spec.last_layer, spec.loss, spec.engine.precision, channels_last,
-        content_hw, tuple(styles_hw), batch, checkpointing,
+        content_hw, tuple(styles_hw), batch, checkpointing, im2col,
     )  # fmt: skip
 
 

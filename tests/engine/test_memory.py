@@ -94,6 +94,23 @@ def test_checkpointing_recomputes_the_fewest_stages_that_give_the_lowest_peak(
     assert peaks[recomputed - 1] == min(peaks) < (peaks[recomputed - 2] if recomputed > 1 else 2**62)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_the_reference_path_counts_each_stages_im2col_columns(
+    native: bool, store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without native bf16 a CPU convolves bf16 by im2col and a matmul; the backward holds the columns of the
+    stage's largest conv input. At 512x512 the first stage's is relu1_1's output, 64 x 512 x 512 elements: 9 x that
+    in bf16 is 301,989,888 bytes, beside the 33,554,432 of its gradient."""
+    monkeypatch.setattr(memory, "native_bf16", lambda device: native)
+    spec = from_config(config(run_overrides(tmp_path, 2) + ["run.precision=bf16"]))
+    work = memory.workload(spec, torch.device("cpu"), checkpointing=True)
+    assert work.im2col is not native
+    square = replace(work, content_hw=(512, 512), styles_hw=((512, 512),))
+    assert memory.loop_peak(square, 2)[1] == 33_554_432 + (0 if native else 301_989_888)
+    fp32 = replace(spec, engine=replace(spec.engine, precision="fp32"))
+    assert memory.workload(fp32, torch.device("cpu"), checkpointing=True).im2col is False  # fp32 runs on oneDNN
+
+
 def test_width_max_takes_the_widest_that_fits_and_auto_turns_checkpointing_on_only_then(
     store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
