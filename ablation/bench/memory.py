@@ -138,7 +138,10 @@ def memory_bench(
 
 
 def _mode(case: dict) -> str:
-    return f"on ({case.get('recomputed_stages')} stages recomputed)" if case["checkpointing"] else "off"
+    if not case["checkpointing"]:
+        return "off"
+    n = case.get("recomputed_stages")
+    return f"on ({n} stage{'' if n == 1 else 's'} recomputed)"
 
 
 def render(results: dict[str, Any], machine: str, command: str) -> str:
