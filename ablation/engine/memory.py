@@ -38,7 +38,14 @@ from ablation.engine.errors import UserError
 from ablation.engine.images import content_size, image_size_wh, style_size
 from ablation.engine.inputs import resolve_image
 from ablation.engine.losses import LossWeights
-from ablation.engine.network import MIN_IMAGE_SIDE_PX, NetworkSpec, conv_shapes, layer_shapes, stage_bounds
+from ablation.engine.network import (
+    MIN_IMAGE_SIDE_PX,
+    LayerShape,
+    NetworkSpec,
+    conv_shapes,
+    layer_shapes,
+    stage_bounds,
+)
 from ablation.engine.plan import RunSpec
 
 FLOAT_BYTES = 4
@@ -170,16 +177,15 @@ def stages(work: Workload) -> list[tuple[int, int]]:
     return stage_bounds([layer.name for layer in layer_shapes(work.network.arch, work.last_layer, 1, 1)])
 
 
-def _largest(work: Workload, stage: tuple[int, int]) -> int:
-    shapes = layer_shapes(work.network.arch, work.last_layer, *work.content_hw)
-    return max(layer.elements for layer in shapes[stage[0] : stage[1]])
-
-
-def _columns(work: Workload, stage: tuple[int, int]) -> int:
-    """Elements of the largest im2col buffer a conv of the stage makes on torch's reference path: 9 x its input."""
-    shapes = layer_shapes(work.network.arch, work.last_layer, *work.content_hw)
+def _working_elements(work: Workload, shapes: list[LayerShape], stage: tuple[int, int]) -> int:
+    """Elements of one stage's backward working set: the gradient of its largest activation, and on torch's
+    reference path the largest im2col buffer of its convs, 9 x a conv's input."""
+    largest = max(layer.elements for layer in shapes[stage[0] : stage[1]])
+    if not work.im2col:
+        return largest
     image = 3 * work.content_hw[0] * work.content_hw[1]
-    return max(9 * (shapes[i - 1].elements if i else image) for i in range(*stage) if shapes[i].name.startswith("conv"))
+    convs = [i for i in range(*stage) if shapes[i].name.startswith("conv")]
+    return largest + max(9 * (shapes[i - 1].elements if i else image) for i in convs)
 
 
 def loop_peak(work: Workload, recomputed: int) -> tuple[int, int]:
@@ -188,13 +194,12 @@ def loop_peak(work: Workload, recomputed: int) -> tuple[int, int]:
     largest working set at its end. With it, each stage's backward (last to first) holds the stages' inputs,
     what the stages before it that are not recomputed keep, and its own activations with its working set."""
     size, parts = _activation_bytes(work.precision), stages(work)
-    working = [  # a gradient has its activation's dtype, and so do the reference path's columns
-        size * work.batch * (_largest(work, stage) + (_columns(work, stage) if work.im2col else 0)) for stage in parts
-    ]
+    shapes = layer_shapes(work.network.arch, work.last_layer, *work.content_hw)
+    # a gradient has its activation's dtype, and so do the reference path's columns
+    working = [size * work.batch * _working_elements(work, shapes, stage) for stage in parts]
     if not recomputed:
         first = saved_bytes(work, parts[0]) + work.batch * tv_bytes(work.content_hw)
         return max((saved_bytes(work), 0), (first, working[0]), key=sum)
-    shapes = layer_shapes(work.network.arch, work.last_layer, *work.content_hw)
     # the stages' inputs: the network's input (counted with the first stage, whose conv saves it too), the
     # pools' outputs, and TV's differences
     inputs = sum(size * work.batch * shapes[hi - 1].elements for _, hi in parts[:-1])
