@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from ablation.engine.backends import configure_backends, set_layout
@@ -64,6 +63,10 @@ def baseline_features(network: NetworkSpec, last_read: str, weights: VGGWeights,
     ``network.final_layer``) and
     the given weights; through relu5_x with 2x2 pools rounding down, or (``strong``) truncated after
     ``last_read``, pools rounding up and every parameter frozen."""
+    # imported here: torchvision's import pulls in torch._dynamo (2 CPU-s), which `--memory` and every test that
+    # imports the bench would pay for a model only the speed rows build
+    import torchvision.models  # noqa: PLC0415
+
     builder = {"vgg19": torchvision.models.vgg19, "vgg16": torchvision.models.vgg16}[network.arch]
     names = layer_names(network.arch)
     keep = names.index(last_read) + 1 if strong else len(names)

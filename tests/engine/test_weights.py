@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-import torchvision
 
 from ablation.engine import weights as weights_module
 from ablation.engine.network import NetworkSpec, VGGFeatures, layer_names
@@ -106,6 +105,8 @@ def test_state_dict_wrong_shapes_named(tmp_path, vgg16_random):
 
 def test_torchvision_fold_equals_normalised_input(tmp_path, image):
     """Folding 1/(255 std) into conv1_1 on pixel-space input == torchvision's (x/255 - mean)/std input."""
+    import torchvision.models  # noqa: PLC0415 - its import costs every test worker 2 s (torch._dynamo): here only
+
     with torch.device("meta"):  # torchvision's layout without drawing the classifier's 120 M weights (3 s)
         model = torchvision.models.vgg19(weights=None)
     model.features.to_empty(device="cpu")
