@@ -79,8 +79,8 @@ def parser() -> argparse.ArgumentParser:
     add("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     add("--quick", action="store_true", help="a smoke run: 64 px, original, 3 iterations, small peaks")
     add("--memory", action="store_true", help="the memory table instead: measured peak vs the estimate, "
-        "checkpointing off and on, per --sizes (512,1024,2048; --quick 64,128), --precision, --iters (2) each, "
-        "into memory.md and memory.json")  # fmt: skip
+        "checkpointing off and on, per --sizes (512,1024,2048; --quick 64,128), --precision, --iters (2) each "
+        "(s/it from those after the first), into memory.md and memory.json")  # fmt: skip
     return p
 
 
