@@ -104,7 +104,7 @@ def steady_seconds(started: float, done_at: list[float]) -> tuple[float, float]:
     without gradients is another kernel), the allocator first touches its pages. At 512 px fp32 on 2 cores that
     was 5.7 s against 3.3 for each later one with checkpointing, 3.5 against 3.2 without: averaged over two
     iterations (and the final evaluation's forward pass), checkpointing read 1.49x the s/it where a 1000-step run
-    pays 1.06x. With one iteration there is no later one: both are the first's."""
+    pays about 1.05x. With one iteration there is no later one: both are the first's."""
     ends = [started, *done_at]
     first = ends[1] - ends[0]
     return first, (ends[-1] - ends[1]) / (len(ends) - 2) if len(ends) > 2 else first
