@@ -32,7 +32,7 @@ from ablation.engine.network import MIN_IMAGE_SIDE_PX
 from tests.support import config, sqlite_store
 
 #: A side in px, below the network's minimum (16) one time in four; a style scale, below 1 one time in three.
-#: So about a third of the examples should run, and the rest be refused.
+#: So some examples run (3-27% of them over eight runs, by `--hypothesis-show-statistics`) and the rest are refused.
 SIDE = st.integers(1, 15) | st.integers(16, 64) | st.integers(24, 64) | st.integers(32, 64)
 STYLE_SCALE = st.floats(0.05, 0.5) | st.just(1.0) | st.floats(1.0, 1.5)
 EXAMPLES = 30
