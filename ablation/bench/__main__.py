@@ -80,7 +80,8 @@ def parser() -> argparse.ArgumentParser:
     add("--quick", action="store_true", help="a smoke run: 64 px, original, 3 iterations, small peaks")
     add("--memory", action="store_true", help="the memory table instead: measured peak vs the estimate, "
         "checkpointing off and on, per --sizes (512,1024,2048; --quick 64,128), --precision, --iters (2) each "
-        "(s/it from those after the first), into memory.md and memory.json")  # fmt: skip
+        "(s/it from those after the first; checkpointing's cost also timed in one process, --iters rounds), into "
+        "memory.md and memory.json")  # fmt: skip
     return p
 
 
