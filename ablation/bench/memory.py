@@ -30,7 +30,7 @@ from ablation.engine import memory
 from ablation.engine.hardware import synchronize
 from ablation.engine.plan import RunSpec
 from ablation.engine.prepare import Problem, pick_device, prepare
-from ablation.engine.transfer import AdamSettings, EngineOptions, LBFGSSettings, new_state, stylize
+from ablation.engine.transfer import EngineOptions, new_state, stylize
 from ablation.paths import CONF_DIR
 
 #: Device sizes the table states the widest content for, GiB.
@@ -89,7 +89,7 @@ def measure_case(width: int, precision: str, checkpointing: bool, iterations: in
             done_at.append(time.perf_counter())
     first_s, seconds = steady_seconds(started, done_at[:-1])
     peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else _status_mib("VmHWM")
-    ratios = interleaved_ratios(problem, spec.seed, spec.optim, iterations, device) if checkpointing else []
+    ratios = interleaved_ratios(problem, iterations, device) if checkpointing else []
     parts = {k: v / MIB for k, v in asdict(estimate).items()}
     return {
         "width": width, "precision": precision, "checkpointing": checkpointing, "iterations": iterations,
@@ -99,20 +99,19 @@ def measure_case(width: int, precision: str, checkpointing: bool, iterations: in
     }  # fmt: skip
 
 
-def interleaved_ratios(
-    problem: Problem, seed: int, optim: AdamSettings | LBFGSSettings, rounds: int, device: torch.device
-) -> list[float]:
+def interleaved_ratios(problem: Problem, rounds: int, device: torch.device) -> list[float]:
     """Checkpointing's cost as the bench's speed rows measure theirs: one forward and backward with it over one
     without, ``rounds`` times in alternating order, in the checkpointed case's process once its peak is read.
 
     The two cases' own s/it come from two processes, one after the other, and the host's speed moves between
     them: at 2048 px fp32 on 2 cores the same code read 1.05x and 1.36x that way, and 1.10-1.28x (median 1.17x)
     interleaved in one process."""
-    on = problem.spec.engine
+    spec = problem.spec
+    on = spec.engine
     off = replace(on, checkpointing=False)
 
     def seconds(options: EngineOptions) -> float:
-        state = new_state(problem.start_image([seed]), optim)
+        state = new_state(problem.start_image([spec.seed]), spec.optim)
         started = time.perf_counter()
         next(stylize(problem.net, problem.targets, state, 1, 1, 1, options))  # step 0: forward and backward
         synchronize(device)
