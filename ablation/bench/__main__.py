@@ -144,6 +144,8 @@ def memory_main(argv: Sequence[str] | None, command: str) -> int:
     default = "fp32,bf16" if native_bf16(device) else "fp32"
     precisions = _choices(args.precisions or default, "--precision", PRECISIONS)
     iterations = args.iters or (1 if args.quick else 2)
+    if iterations < 1:
+        raise BenchError(f"--iters={iterations} must be >= 1: each case times at least one iteration")
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     results = memory.memory_bench(sizes, precisions, iterations, device, log)
     hardware = machine(device)

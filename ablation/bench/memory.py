@@ -227,8 +227,8 @@ def render(results: dict[str, Any], machine: str, command: str) -> str:
     for (width, precision, on), c in by_key.items():
         off = by_key.get((width, precision, False))
         if on and off:
-            ratios = c.get("on_off_ratios") or []
-            spread = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else "-"
+            ratios = c["on_off_ratios"]  # one a round, at least one round
+            spread = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
             lines.append(
                 f"| {width} | {precision} | {c['peak_mib'] / off['peak_mib']:.2f} | "
                 f"{c['s_per_it'] / off['s_per_it']:.2f} | {spread} |"

@@ -20,6 +20,7 @@ from tests.support import DATA_DIR
         (["--precision", "fp16"], "--precision 'fp16': choose from fp32, tf32, bf16"),
         (["--device", "cpu", "--precision", "tf32"], "--precision tf32 only changes CUDA convolutions"),
         (["--iters", "2", "--chunk", "5"], "--iters=2 is below --chunk=5"),
+        (["--memory", "--iters", "-1"], "--iters=-1 must be >= 1"),
     ],
 )
 def test_bad_options_give_one_line_and_exit_2(argv, message, capsys):
