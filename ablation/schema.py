@@ -128,7 +128,7 @@ class RunConfig:
     sync_every: int = neutral(10)  # steps between host syncs: progress, metric batches, stop requests
     checkpoint_every: int = neutral(100)  # steps between checkpoints and intermediate images (0: none)
     precision: Precision = Precision.fp32  # type: ignore[valid-type,attr-defined]  # fp32 | tf32 | bf16
-    channels_last: bool | str = "auto"  # NHWC activations and conv weights: true | false | auto (per device)
+    channels_last: bool | str = "auto"  # NHWC activations and conv weights: true | false | auto (per device, precision)
     compile: bool = False  # torch.compile the loss function
     # recompute each stage in the backward pass (less memory, same numbers): true | false | auto (on only when
     # the run fits with it and not without)

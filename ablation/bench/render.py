@@ -25,6 +25,14 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def _layouts(results: dict[str, Any]) -> str:
+    """The layout ``auto`` gives each precision here: one word where they agree (every CPU so far)."""
+    layouts = results.get("default_layouts") or {"fp32": results["default_layout"]}
+    if len(set(layouts.values())) == 1:
+        return next(iter(layouts.values()))
+    return ", ".join(f"{p} {layout}" for p, layout in layouts.items())
+
+
 def _header(results: dict[str, Any], command: str) -> list[str]:
     m, s = results["machine"], results["settings"]
     processor = m["gpu_name"] if m["device"].startswith("cuda") else m["cpu_model"]
@@ -34,7 +42,7 @@ def _header(results: dict[str, Any], command: str) -> list[str]:
         f"Command: `{command}`  ",
         f"Machine: {m['device']}, {processor} ({m['cpu_capability']}), {m['cpu_cores']} cores, "
         f"{m['torch_threads']} torch threads, torch {m['torch']}, load average {fmt(m['load_average_1m'], '.2f')} "
-        f"at the start; default layout here (`run.channels_last=auto`): {results['default_layout']}  ",
+        f"at the start; default layout here (`run.channels_last=auto`): {_layouts(results)}  ",
         f"Weights: {', '.join(f'{a} {src}' for a, src in results['weights'].items())} "
         "(timing does not depend on the values; the loss deviation does)  ",
         f"Timing: {s['iters']} iterations per contender in samples of {s['chunk']}, {s['warmup']} warm-up "

@@ -83,10 +83,14 @@ def _engine_run(problem: Problem, options: EngineOptions, iterations: int, sync_
     return float(last)
 
 
-def deviation_check(problem: Problem, settings: Settings, channels_last: bool) -> dict[str, Any]:
-    """Final total of a whole run in each reduced precision asked for (tf32, bf16) against fp32, seed 0."""
+def deviation_check(problem: Problem, settings: Settings) -> dict[str, Any]:
+    """Final total of a whole run in each reduced precision asked for (tf32, bf16) against fp32, seed 0, each in
+    the layout ``run.channels_last=auto`` gives it on this device."""
     iters, precisions = settings.check_iters, [p for p in settings.precisions if p != "fp32"]
-    totals = {p: _engine_run(problem, EngineOptions(p, channels_last), iters, iters) for p in ["fp32", *precisions]}
+    totals = {
+        p: _engine_run(problem, EngineOptions(p, prefers_channels_last(problem.device, p)), iters, iters)
+        for p in ["fp32", *precisions]
+    }
     deviation = {p: abs(t - totals["fp32"]) / abs(totals["fp32"]) for p, t in totals.items() if p != "fp32"}
     return {"iterations": iters, "size_px": settings.check_size, "final_total": totals, "rel_deviation": deviation}
 
@@ -125,9 +129,11 @@ def full_runs(problem: Problem, settings: Settings) -> dict[str, Any]:
 
 def run_bench(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
     device, started = torch.device(settings.device), time.perf_counter()
-    default = EngineOptions(channels_last=prefers_channels_last(device))  # run.channels_last=auto on this device
+    default = EngineOptions(channels_last=prefers_channels_last(device))  # fp32 with run.channels_last=auto here
     results: dict[str, Any] = {"settings": asdict(settings), "machine": machine(device)}
+    layouts = {p: "nhwc" if prefers_channels_last(device, p) else "nchw" for p in settings.precisions}
     results |= {"native_bf16": native_bf16(device), "default_layout": engine_name(default).split("/")[1]}
+    results["default_layouts"] = layouts
     log(f"machine: {results['machine']}")
     results |= measure_peaks(settings, device)
     log("peak GF/s: " + ", ".join(f"{k} {v:.0f}" for k, v in results["peaks_gflops"].items()))
@@ -140,9 +146,7 @@ def run_bench(settings: Settings, log: Callable[[str], None] = print) -> dict[st
     results["rows"] = [asdict(r) for r in rows]
     results["weights"] = {arch: w.source for arch, w in problems.weights.items()}
     if settings.check_iters and set(settings.precisions) - {"fp32"}:
-        results["deviation"] = deviation_check(
-            problems("original", settings.check_size), settings, default.channels_last
-        )
+        results["deviation"] = deviation_check(problems("original", settings.check_size), settings)
     if settings.batch_seeds > 1:
         results["batched"] = batched_seeds(problems("original", settings.batch_size_px), settings, default)
     if device.type == "cuda" and 512 in settings.sizes and "original" in settings.variants:

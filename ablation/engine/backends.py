@@ -42,13 +42,20 @@ def configure_backends(options: EngineOptions, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def prefers_channels_last(device: torch.device) -> bool:
-    """``run.channels_last=auto``: NHWC on CPUs whose convolutions run on oneDNN (mkldnn), NCHW elsewhere.
+def prefers_channels_last(device: torch.device, precision: str = "fp32") -> bool:
+    """``run.channels_last=auto``: NHWC on CPUs whose convolutions run on oneDNN (mkldnn), on CUDA for the tensor-core
+    precisions (tf32, bf16); NCHW for CUDA fp32 and elsewhere.
 
     Measured with ``python -m ablation.bench`` (VGG19 ``original``, 256 px, 2-core AMD EPYC, torch 2.14.1),
     NHWC beat NCHW on every oneDNN CPU tried: AVX2 2204 vs 2253 ms/it, AVX-512 (Zen 5) fp32 367 vs 396 and
-    bf16 209 vs 240. CUDA and MPS were not measured, so they keep NCHW, the layout every kernel supports.
+    bf16 209 vs 240. On an H200 (``python -m ablation.bench --device cuda --variants original``, torch 2.11,
+    median ms/it at 256, 512, 1024 px): tf32 NHWC 10.5, 9.8, 13.1 against NCHW 10.9, 10.0, 16.5, bf16 12.1, 10.7,
+    11.7 against 12.1, 10.7, 15.0 (cuDNN's tensor-core kernels take NHWC; the smaller sizes are bound by the host,
+    about 10 ms per iteration either way); fp32 NCHW 9.7, 19.2, 65.6 against NHWC 10.6, 20.2, 67.8. MPS was not
+    measured, so it keeps NCHW, the layout every kernel supports.
     """
+    if device.type == "cuda":
+        return precision in ("tf32", "bf16")
     return device.type == "cpu" and torch.backends.mkldnn.is_available()
 
 
@@ -62,7 +69,7 @@ def resolve_options(options: EngineOptions, device: torch.device) -> EngineOptio
     """``options`` with ``channels_last="auto"`` decided for ``device``: a bool, what the run used (and records)."""
     check_channels_last(options.channels_last)
     if options.channels_last == "auto":
-        return replace(options, channels_last=prefers_channels_last(device))
+        return replace(options, channels_last=prefers_channels_last(device, options.precision))
     return options
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ablation.bench.render import _targets
+from ablation.bench.render import _layouts, _targets
 from ablation.bench.targets import check_targets
 
 
@@ -62,3 +62,13 @@ def test_gpu_targets_from_whole_runs_and_batched_seeds():
     batched = {"seeds": 4, "size_px": 256, "time_ratio": 1.6}
     targets = check_targets(results("cuda", True, "nchw", [], full_run={"best_s": 8.2}, batched=batched))
     assert verdicts(targets) == [None, None, None, None, True, False]  # 8.2 s <= 10 s; 1.6 > 1.5
+
+
+def test_the_header_names_the_layout_auto_gives_each_precision():
+    """One word where every precision gets the same layout (each CPU so far), each precision's where they differ
+    (CUDA: NCHW for fp32, NHWC for the tensor-core precisions); a result written before per-precision layouts
+    names its one layout."""
+    assert _layouts({"default_layout": "nhwc", "default_layouts": {"fp32": "nhwc", "bf16": "nhwc"}}) == "nhwc"
+    cuda = {"fp32": "nchw", "tf32": "nhwc", "bf16": "nhwc"}
+    assert _layouts({"default_layout": "nchw", "default_layouts": cuda}) == "fp32 nchw, tf32 nhwc, bf16 nhwc"
+    assert _layouts({"default_layout": "nchw"}) == "nchw"

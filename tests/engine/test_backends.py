@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from ablation.engine.backends import (
+    PRECISIONS,
     configure_backends,
     native_bf16,
     prefers_channels_last,
@@ -107,9 +110,11 @@ def test_gram_and_its_symmetric_backward_equal_the_plain_product(layout):
 
 
 def test_channels_last_auto_resolves_per_device_before_the_run():
-    """auto: NHWC on a oneDNN CPU (measured faster there), NCHW elsewhere; an explicit choice is kept."""
-    cpu, auto = torch.device("cpu"), EngineOptions(channels_last="auto")
+    """auto: NHWC on a oneDNN CPU and for CUDA's tensor-core precisions (each measured faster there), NCHW for CUDA
+    fp32 (measured faster too) and elsewhere; an explicit choice is kept."""
+    cpu, cuda, auto = torch.device("cpu"), torch.device("cuda"), EngineOptions(channels_last="auto")
     assert resolve_options(auto, cpu).channels_last is torch.backends.mkldnn.is_available()
+    assert [resolve_options(replace(auto, precision=p), cuda).channels_last for p in PRECISIONS] == [False, True, True]
     assert prefers_channels_last(torch.device("meta")) is False
     assert resolve_options(EngineOptions(channels_last=False), cpu).channels_last is False
     with pytest.raises(ValueError, match="resolve it first"):
