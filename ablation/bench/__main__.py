@@ -5,6 +5,7 @@ and this iteration's per-layer kernel limit.
     python -m ablation.bench --precision fp32 --layouts nhwc --iters 48   # the CPU fp32 targets, read closer
     python -m ablation.bench --quick            # a smoke run: 64 px, original, a few iterations
     python -m ablation.bench --sizes 256 --variants original --precision fp32,bf16 --layouts nchw,nhwc --profile
+    python -m ablation.bench --device cuda --variants original --profile   # CUDA, one variant: the default runs all
 
 For each variant (the files in conf/variant) and size it times Adam iterations of the engine (the project's
 own ``prepare`` and ``stylize``, for every precision x layout asked for), the tutorial baseline and the strong
@@ -12,7 +13,8 @@ baseline, interleaved in one process after a warm-up, so a machine that gets bus
 alike; checks they start from the same loss; and reports median and min ms per iteration, speed-ups, analytic
 conv GFLOP, GF/s, efficiency against the single-kernel peaks, the share of the per-layer limit reached, and
 peak memory. Then the loss deviation of tf32/bf16, batched seeds against one, whole CUDA runs, the profile
-(``--profile``) and the targets, pass or FAIL, into reports/bench/bench.md and bench.json. A FAIL of the
+(``--profile``) and the targets, pass or FAIL, into reports/bench/bench.md and bench.json; until then
+bench.partial.json holds what each stage has measured, so a bench stopped early keeps it. A FAIL of the
 speed-up over the strong baseline says "out of reach here" when even 100% of the per-layer limit would miss it.
 A benchmark, not a test: it asserts nothing about speed.
 """
@@ -81,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
     add("--memory", action="store_true", help="the memory table instead: measured peak vs the estimate, "
         "checkpointing off and on, per --sizes (512,1024,2048; --quick 64,128), --precision, --iters (2) each "
         "(s/it from those after the first; checkpointing's cost also timed in one process, --iters rounds), into "
-        "memory.md and memory.json")  # fmt: skip
+        "memory.md and memory.json (memory.partial.json: the cases so far)")  # fmt: skip
     return p
 
 
@@ -147,14 +149,16 @@ def memory_main(argv: Sequence[str] | None, command: str) -> int:
     if iterations < 1:
         raise BenchError(f"--iters={iterations} must be >= 1: each case times at least one iteration")
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    results = memory.memory_bench(sizes, precisions, iterations, device, log)
+    out = Path(args.out)
+    partial = out / "memory.partial.json"
+    results = memory.memory_bench(sizes, precisions, iterations, device, log, lambda r: save(r, partial))
     hardware = machine(device)
     threads = hardware.get("torch_threads")
     where = f"{hardware['device']}, {hardware.get('cpu_model')}, {threads} threads, torch {torch.__version__}"
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "memory.json").write_text(json.dumps({"command": command, "machine": hardware, **results}, indent=1))
     (out / "memory.md").write_text(memory.render(results, where, command))
+    partial.unlink(missing_ok=True)
     print(f"wrote {out / 'memory.md'} and {out / 'memory.json'}", file=sys.stderr)
     return 0
 
@@ -166,13 +170,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if parser().parse_args(argv).memory:
             return memory_main(argv, command)
         settings = parse_args(argv)
-        results = run_bench(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
+        partial = Path(settings.out) / "bench.partial.json"
+        results = run_bench(
+            settings, log=lambda line: print(line, file=sys.stderr, flush=True), save=lambda r: save(r, partial)
+        )
     except UserError as err:  # a bad option, value, file or device; anything else is a bug: its traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     paths = write(results, command, Path(settings.out))
+    partial.unlink(missing_ok=True)
     print(f"wrote {' and '.join(map(str, paths))}", file=sys.stderr)
     return 0
+
+
+def save(results: dict[str, Any], path: Path) -> None:
+    """The results so far, as JSON: what a bench stopped before its end (a time limit, a lost machine) measured."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

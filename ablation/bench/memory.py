@@ -191,10 +191,16 @@ def widest(device: torch.device, precision: str, folder: Path) -> dict[str, dict
 
 
 def memory_bench(
-    sizes: Sequence[int], precisions: Sequence[str], iterations: int, device: torch.device, log: Callable[[str], None]
+    sizes: Sequence[int],
+    precisions: Sequence[str],
+    iterations: int,
+    device: torch.device,
+    log: Callable[[str], None],
+    save: Callable[[dict[str, Any]], None] = lambda r: None,
 ) -> dict[str, Any]:
-    """Every size x precision x checkpointing case, then the widest content per device size."""
-    cases = []
+    """Every size x precision x checkpointing case, then the widest content per device size; ``save`` gets the
+    cases so far after each."""
+    cases: list[dict] = []
     for width in sizes:
         for precision in precisions:
             for checkpointing in (False, True):
@@ -202,6 +208,7 @@ def memory_bench(
                 cases.append(run_case(width, precision, checkpointing, iterations, str(device)))
                 c = cases[-1]
                 log(f"  peak {c['peak_mib']:.0f} MiB, estimate {c['estimate_mib']:.0f} MiB, {c['s_per_it']:.2f} s/it")
+                save({"cases": cases, "device_type": device.type})
     with tempfile.TemporaryDirectory() as folder:
         fits = {p: widest(device, p, Path(folder)) for p in precisions}
     return {"cases": cases, "widest": fits, "device_type": device.type}

@@ -127,7 +127,10 @@ def full_runs(problem: Problem, settings: Settings) -> dict[str, Any]:
     return {"iterations": settings.full_run_iters, "seconds": seconds, "best_s": min(seconds.values())}
 
 
-def run_bench(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_bench(
+    settings: Settings, log: Callable[[str], None] = print, save: Callable[[dict[str, Any]], None] = lambda r: None
+) -> dict[str, Any]:
+    """Every stage in turn; ``save`` gets the results so far after each (a bench cut short keeps what it measured)."""
     device, started = torch.device(settings.device), time.perf_counter()
     default = EngineOptions(channels_last=prefers_channels_last(device))  # fp32 with run.channels_last=auto here
     results: dict[str, Any] = {"settings": asdict(settings), "machine": machine(device)}
@@ -143,14 +146,18 @@ def run_bench(settings: Settings, log: Callable[[str], None] = print) -> dict[st
             case = bench_case(problems(variant, width), settings, results["peaks_gflops"])
             rows += case
             log("\n".join(f"{r.variant} {r.size_wh} {r.contender}: median {r.median_ms:.1f} ms/it" for r in case))
+            save(results | {"rows": [asdict(r) for r in rows]})
     results["rows"] = [asdict(r) for r in rows]
     results["weights"] = {arch: w.source for arch, w in problems.weights.items()}
     if settings.check_iters and set(settings.precisions) - {"fp32"}:
         results["deviation"] = deviation_check(problems("original", settings.check_size), settings)
+        save(results)
     if settings.batch_seeds > 1:
         results["batched"] = batched_seeds(problems("original", settings.batch_size_px), settings, default)
+        save(results)
     if device.type == "cuda" and 512 in settings.sizes and "original" in settings.variants:
         results["full_run"] = full_runs(problems("original", 512), settings)
+        save(results)
     if settings.profile:
         problem = problems(settings.variants[0], max(settings.sizes))
         results["profile"] = {

@@ -77,3 +77,20 @@ def test_tiny_run_writes_rows_limit_profile_and_targets(tmp_path, monkeypatch):
     assert "## Targets" in markdown and "## Where the time goes" in markdown
     # a 32 px CPU run measures none of the 256 px targets: each says what it needs instead of pass/FAIL
     assert markdown.count("not measured (needs") == 6
+    assert not (tmp_path / "bench.partial.json").exists()  # the whole results replaced what was saved on the way
+
+
+def test_a_bench_stopped_after_its_rows_keeps_them(tmp_path, monkeypatch):
+    """A bench cut short (a time limit, a lost machine, ^C) leaves bench.partial.json with what it measured."""
+    monkeypatch.setenv("ABLATION_DATA_DIR", str(DATA_DIR))
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ablation.bench.suite.batched_seeds", stopped)  # the stage after the rows
+    argv = ["--quick", "--device", "cpu", "--sizes", "32", "--iters", "1", "--warmup", "0", "--weights", "random"]
+    with pytest.raises(KeyboardInterrupt):
+        main([*argv, "--precision", "fp32", "--layouts", "nchw", "--no-baseline", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "bench.partial.json").read_text())
+    assert [r["contender"] for r in saved["rows"]] == ["fp32/nchw"] and saved["rows"][0]["size_wh"] == "32x42"
+    assert not (tmp_path / "bench.json").exists()
