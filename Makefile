@@ -40,11 +40,14 @@ demo: install  ## one transfer of the report's pair at 256 px, 300 iterations, p
 TEST_WORKERS ?= 3
 FAST_WORKERS ?= 2
 XDIST = --dist loadscope --no-loadscope-reorder
+# PYTEST_ARGS: more pytest options, e.g. -v to name each failing test as it happens (a run cut short by a time
+# limit prints no messages: pytest gives them at the end) or -x to stop at the first
+PYTEST_ARGS ?=
 test: install  ## the whole suite (CPU, seeded random weights, images <= 64 px), on TEST_WORKERS=3 workers
-	$(PY) -m pytest -q -n $(TEST_WORKERS) $(XDIST) --durations=15 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(XDIST) --durations=15 $(PYTEST_ARGS) tests
 
 test-fast: install  ## the tests that start no process (no sweep, server, make or SLURM): the edit-test loop
-	$(PY) -m pytest -q -n $(FAST_WORKERS) $(XDIST) -m "not slow" tests
+	$(PY) -m pytest -q -n $(FAST_WORKERS) $(XDIST) -m "not slow" $(PYTEST_ARGS) tests
 
 sweep: install  ## the experiment's variants x seeds; jobs with a FINISHED run of the same fingerprint are skipped
 	$(PY) -m ablation.run -m experiment=$(EXPERIMENT) hydra/launcher=$(LAUNCHER) \

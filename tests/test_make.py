@@ -21,8 +21,12 @@ def test_make_bench_runs_the_benchmark() -> None:
 
 
 def test_make_test_fast_runs_the_tests_not_marked_slow_and_make_test_all() -> None:
-    assert '-m "not slow" tests' in make("-n", "-o", "install", "test-fast")
-    assert "-m pytest" in make("-n", "-o", "install", "test") and "not slow" not in make("-n", "-o", "install", "test")
+    def command(*args: str) -> str:
+        return " ".join(make("-n", "-o", "install", *args).split())  # an empty PYTEST_ARGS leaves two spaces
+
+    assert '-m "not slow" tests' in command("test-fast")
+    assert "-m pytest" in command("test") and "not slow" not in command("test")
+    assert "--durations=15 -v tests" in command("test", "PYTEST_ARGS=-v")  # more options, e.g. -v or -x
 
 
 def test_make_help_lists_every_target_with_its_description() -> None:
