@@ -21,7 +21,7 @@ SWEEP ?=
 
 comma := ,
 space := $(subst ,, )
-.PHONY: help install demo test test-fast lint ui server sweep report tune bench slurm-up slurm-down postgres-up postgres-down
+.PHONY: help install demo test test-fast lint ui server sweep report tune bench check-cuda slurm-up slurm-down postgres-up postgres-down
 help:  ## every target with what it does
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
 
@@ -102,6 +102,13 @@ postgres-down:  ## stop the PostgreSQL of make postgres-up (by its pid)
 BENCH_ARGS ?=
 bench: install  ## the benchmark: engine vs baselines, machine peaks, targets (reports/bench/bench.md); BENCH_ARGS=--quick
 	$(PY) -m ablation.bench $(BENCH_ARGS)
+
+# What a CUDA machine can tell that this project's CPUs cannot, most telling first, each stage's results kept if a
+# time limit stops the rest (bench.partial.json, memory.partial.json; -v names failing tests as they happen)
+check-cuda: install  ## on a CUDA machine: the CUDA bench of original (--profile), its memory table, then make test -v
+	$(PY) -m ablation.bench --device cuda --variants original --profile
+	$(PY) -m ablation.bench --memory --device cuda
+	$(MAKE) test PYTEST_ARGS=-v
 
 slurm-up:  ## a one-node SLURM on this machine (installs slurm-wlm + munge if missing; root or sudo), then sinfo idle
 	.ci/slurm up

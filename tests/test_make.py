@@ -20,6 +20,15 @@ def test_make_bench_runs_the_benchmark() -> None:
     assert "-m ablation.bench" in make("-n", "bench", "BENCH_ARGS=--quick")
 
 
+def test_make_check_cuda_runs_the_cuda_bench_its_memory_table_then_the_suite() -> None:
+    lines = make("-n", "-o", "install", "check-cuda").splitlines()
+    assert [line.split(" -m ")[1] for line in lines[:2]] == [
+        "ablation.bench --device cuda --variants original --profile",
+        "ablation.bench --memory --device cuda",
+    ]
+    assert "PYTEST_ARGS=-v" in lines[2] and lines[2].endswith("test PYTEST_ARGS=-v")
+
+
 def test_make_test_fast_runs_the_tests_not_marked_slow_and_make_test_all() -> None:
     def command(*args: str) -> str:
         return " ".join(make("-n", "-o", "install", *args).split())  # an empty PYTEST_ARGS leaves two spaces
