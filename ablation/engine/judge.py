@@ -54,14 +54,20 @@ def judge_weights(problem: Problem, weights_path: str | None = None) -> VGGWeigh
     return load_weights(problem.spec.weights.source, JUDGE_NETWORK.arch, **options)
 
 
+def judge_options(engine: EngineOptions, device: torch.device) -> EngineOptions:
+    """fp32, in the layout an fp32 run takes on ``device``: the run's own where it names one, else the one
+    ``run.channels_last=auto`` gives fp32. So an fp32 ``original`` run's own final losses come out to the last bit,
+    and a tf32 or bf16 run on CUDA (NHWC there) is judged in NCHW, as the fp32 runs beside it are."""
+    return EngineOptions(channels_last=resolve_options(replace(engine, precision="fp32"), device).channels_last)
+
+
 def build_judge(problem: Problem, weights: VGGWeights, loss: LossWeights | None = None) -> Judge:
     """The original network on ``problem``'s inputs and style blend, targets computed once.
 
     ``loss`` fixes the judge's loss weights (tuning varies the run's own); by default they are the run's.
-    The judge scores in fp32 and in the run's (resolved) memory layout, so an ``original`` run's own final
-    losses come out to the last bit.
+    The judge scores in fp32 (:func:`judge_options`).
     """
-    options = EngineOptions(channels_last=resolve_options(problem.spec.engine, problem.device).channels_last)
+    options = judge_options(problem.spec.engine, problem.device)
     spec = replace(problem.spec, network=JUDGE_NETWORK, loss=loss or problem.spec.loss)
     net = set_layout(build_network(spec, weights, problem.device), options)
     pixels = PixelSpace(weights.mean_pixel)

@@ -8,6 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from ablation.engine import judge
 from ablation.engine.prepare import prepare
+from ablation.engine.transfer import EngineOptions
 from ablation.job import execute
 from ablation.report.quantities import JUDGE_METRICS
 from ablation.spec import from_config
@@ -47,3 +48,14 @@ def test_judge_scores_a_vgg16_run_with_vgg19_on_the_same_inputs():
     assert scores["judge_style"] > 0 and scores["judge_total"] == pytest.approx(
         scores["judge_content"] + scores["judge_style"] + scores["judge_tv"], rel=1e-6
     )
+
+
+def test_the_judge_scores_in_fp32_in_the_layout_an_fp32_run_takes_on_the_device():
+    """On CUDA ``auto`` gives tf32 and bf16 NHWC and fp32 NCHW: every run there is judged in NCHW, as its fp32 runs
+    are; a layout the run names is kept (an fp32 run's own final losses come out to the last bit)."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for precision in ("fp32", "tf32", "bf16"):
+        options = judge.judge_options(EngineOptions(precision, "auto"), cuda)
+        assert (options.precision, options.channels_last) == ("fp32", False)
+    assert judge.judge_options(EngineOptions("bf16", True), cuda).channels_last is True
+    assert judge.judge_options(EngineOptions("bf16", "auto"), cpu).channels_last is torch.backends.mkldnn.is_available()
