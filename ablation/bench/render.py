@@ -27,7 +27,7 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
 
 def _layouts(results: dict[str, Any]) -> str:
     """The layout ``auto`` gives each precision here: one word where they agree (every CPU so far)."""
-    layouts = results.get("default_layouts") or {"fp32": results["default_layout"]}
+    layouts = results["default_layouts"]
     if len(set(layouts.values())) == 1:
         return next(iter(layouts.values()))
     return ", ".join(f"{p} {layout}" for p, layout in layouts.items())

@@ -66,9 +66,7 @@ def test_gpu_targets_from_whole_runs_and_batched_seeds():
 
 def test_the_header_names_the_layout_auto_gives_each_precision():
     """One word where every precision gets the same layout (each CPU so far), each precision's where they differ
-    (CUDA: NCHW for fp32, NHWC for the tensor-core precisions); a result written before per-precision layouts
-    names its one layout."""
-    assert _layouts({"default_layout": "nhwc", "default_layouts": {"fp32": "nhwc", "bf16": "nhwc"}}) == "nhwc"
+    (CUDA: NCHW for fp32, NHWC for the tensor-core precisions)."""
+    assert _layouts({"default_layouts": {"fp32": "nhwc", "bf16": "nhwc"}}) == "nhwc"
     cuda = {"fp32": "nchw", "tf32": "nhwc", "bf16": "nhwc"}
-    assert _layouts({"default_layout": "nchw", "default_layouts": cuda}) == "fp32 nchw, tf32 nhwc, bf16 nhwc"
-    assert _layouts({"default_layout": "nchw"}) == "nchw"
+    assert _layouts({"default_layouts": cuda}) == "fp32 nchw, tf32 nhwc, bf16 nhwc"
