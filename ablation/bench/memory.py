@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -102,8 +103,17 @@ def measure_case(width: int, precision: str, checkpointing: bool, iterations: in
     }  # fmt: skip
 
 
+def first_pass(spec: RunSpec, device: torch.device) -> None:
+    """One prepare and step of the case (step 0's forward and backward, then the final evaluation's forward:
+    every conv shape the case runs), all of it freed on return."""
+    problem = prepare(spec, device)
+    state = new_state(problem.start_image([spec.seed]), spec.optim)
+    deque(stylize(problem.net, problem.targets, state, 1, 1, 1, problem.spec.engine), maxlen=0)
+    synchronize(device)
+
+
 def cuda_tuning_peak(spec: RunSpec, device: torch.device) -> float:
-    """The peak of cuDNN's tuning, MiB: a first prepare and step of the case, then everything freed.
+    """The peak of cuDNN's tuning, MiB: :func:`first_pass`'s, after which the peak is reset.
 
     CUDA runs set ``cudnn.benchmark``: the first call of each conv shape tries cuDNN's algorithms, each with the
     workspace it asks for, through torch's allocator, up to what the device has free. On an H200 (139 GiB free)
@@ -111,15 +121,10 @@ def cuda_tuning_peak(spec: RunSpec, device: torch.device) -> float:
     0.6, 1.8 and 7 GiB: the tuning's peak is the device's, not the run's (an algorithm whose workspace does not fit
     is skipped). With every shape tuned and the peak reset, the case's own prepare and steps read what the run
     needs, the chosen algorithms' workspaces included."""
-    problem = prepare(spec, device)
-    state = new_state(problem.start_image([spec.seed]), spec.optim)
-    for _ in stylize(problem.net, problem.targets, state, 1, 1, 1, problem.spec.engine):
-        pass  # step 0's forward and backward, then the final evaluation's forward: every shape the case runs
-    synchronize(device)
+    first_pass(spec, device)
     peak = torch.cuda.max_memory_allocated(device) / MIB
-    del problem, state
     torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
+    torch.cuda.reset_peak_memory_stats(device)  # the peak from here: what is allocated now, then the case's own
     return peak
 
 

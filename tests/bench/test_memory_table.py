@@ -3,9 +3,16 @@ checkpointing's cost measured in one process, beside the ratio of the two cases'
 
 from __future__ import annotations
 
-import pytest
+import gc
+import weakref
 
+import pytest
+import torch
+
+from ablation.bench import memory
 from ablation.bench.memory import render, steady_seconds
+from ablation.engine import memory as engine_memory
+from ablation.engine.transfer import TransferState, new_state
 
 
 def test_the_first_iteration_is_apart_from_the_steady_ones() -> None:
@@ -35,3 +42,20 @@ def test_on_cuda_the_peak_is_the_tuned_runs_and_the_first_pass_is_apart() -> Non
     text = render({"device_type": "cuda", "cases": cases, "widest": {}}, "an H200", "python -m ablation.bench --memory")
     assert "| s/it | first it s | first pass MiB (cuDNN tuning) |" in text
     assert "| 512 | fp32 | off | 0 | 1900 | 1250 | 0.66 | 0.05 | 0.20 | 135000 |" in text
+
+
+def test_the_first_pass_on_cuda_leaves_nothing_behind(tmp_path, monkeypatch) -> None:
+    """The tuning pass before a CUDA case's measured one frees all it made, so the peak reset after it starts from
+    what the case itself holds (run here on the CPU: the pass is the same code)."""
+    images = []
+
+    def tracked(image: torch.Tensor, settings: object) -> TransferState:
+        state = new_state(image, settings)
+        images.append(weakref.ref(state.image))
+        return state
+
+    monkeypatch.setattr(memory, "new_state", tracked)
+    cpu = torch.device("cpu")
+    memory.first_pass(engine_memory.fit(memory.case_spec(32, "fp32", False, "cpu", tmp_path), cpu, check=False), cpu)
+    gc.collect()
+    assert len(images) == 1 and images[0]() is None
