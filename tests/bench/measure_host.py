@@ -43,9 +43,8 @@ PLAIN_AUTOGRAD: dict[type, Callable] = {
     network._ReluInPlace: lambda x: torch.relu_(x),
     losses._MeanSquared: lambda a, b: (a - b).pow(2).mean(dim=tuple(range(1, a.dim()))),
     losses._SymmetricGram: lambda x, n, rows: (
-        torch.bmm(x, x.transpose(1, 2)) if rows else torch.bmm(x.transpose(1, 2), x)
-    )
-    / n,
+        (torch.bmm(x, x.transpose(1, 2)) if rows else torch.bmm(x.transpose(1, 2), x)) / n
+    ),
 }
 
 
