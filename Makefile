@@ -21,7 +21,7 @@ SWEEP ?=
 
 comma := ,
 space := $(subst ,, )
-.PHONY: help install demo test test-fast lint ui server sweep report tune bench check-cuda slurm-up slurm-down postgres-up postgres-down
+.PHONY: help install demo test test-fast test-cuda lint ui server sweep report tune bench check-cuda slurm-up slurm-down postgres-up postgres-down
 help:  ## every target with what it does
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
 
@@ -103,9 +103,14 @@ BENCH_ARGS ?=
 bench: install  ## the benchmark: engine vs baselines, machine peaks, targets (reports/bench/bench.md); BENCH_ARGS=--quick
 	$(PY) -m ablation.bench $(BENCH_ARGS)
 
+# The suite hides the GPUs (its numbers are CPU numbers: tests/conftest.py); ABLATION_TEST_CUDA=1 shows them to tests/cuda
+test-cuda: install  ## the GPU's own tests (tests/cuda): the engine and a run on CUDA; they skip without a GPU
+	ABLATION_TEST_CUDA=1 $(PY) -m pytest -q -v $(PYTEST_ARGS) tests/cuda
+
 # What a CUDA machine can tell that this project's CPUs cannot, most telling first, each stage's results kept if a
 # time limit stops the rest (bench.partial.json, memory.partial.json; -v names failing tests as they happen)
-check-cuda: install  ## on a CUDA machine: the CUDA bench of original (--profile), its memory table, then make test -v
+check-cuda: install  ## on a CUDA machine: make test-cuda, the CUDA bench of original (--profile), its memory table, make test
+	$(MAKE) test-cuda
 	$(PY) -m ablation.bench --device cuda --variants original --profile
 	$(PY) -m ablation.bench --memory --device cuda
 	$(MAKE) test PYTEST_ARGS=-v

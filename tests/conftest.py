@@ -1,7 +1,7 @@
 """Shared fixtures: the shared folder beside the checkout, seeded random weights, a private MLflow store, PostgreSQL;
 the guard that keeps ``make test-fast`` fast (a test not marked ``slow`` fails when it or its fixtures start a
-process); and the order of the modules that lets ``make test``'s workers overlap the waiting tests with the computing
-ones.
+process); the order of the modules that lets ``make test``'s workers overlap the waiting tests with the computing
+ones; and no GPU for the suite (see :func:`pytest_configure`).
 """
 
 from __future__ import annotations
@@ -60,7 +60,17 @@ def _guarded(start: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+#: ``make test-cuda`` sets this to run tests/cuda on the GPUs; every other run of the suite hides them.
+CUDA_TESTS_VARIABLE = "ABLATION_TEST_CUDA"
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    # The suite's expected numbers are CPU numbers (the upstream reference, bit-for-bit resumes, seeds one after
+    # another): on a CUDA host a run left at run.device=auto would compute them on the GPU. So the suite, its xdist
+    # workers and every process it starts see no GPU, and `make test` tests the same thing on every host. CUDA has its
+    # own tests (tests/cuda, `make test-cuda`, part of `make check-cuda`). Set before anything initialises CUDA.
+    if os.environ.get(CUDA_TESTS_VARIABLE) != "1":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     platform.processor()  # runs `uname -p` once and caches it (MLflow's import asks): not a test's process
     for module, name in _STARTERS:
         if hasattr(module, name):

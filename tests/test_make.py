@@ -20,13 +20,15 @@ def test_make_bench_runs_the_benchmark() -> None:
     assert "-m ablation.bench" in make("-n", "bench", "BENCH_ARGS=--quick")
 
 
-def test_make_check_cuda_runs_the_cuda_bench_its_memory_table_then_the_suite() -> None:
+def test_make_check_cuda_runs_the_gpus_tests_the_cuda_bench_its_memory_table_then_the_suite() -> None:
     lines = make("-n", "-o", "install", "check-cuda").splitlines()
-    assert [line.split(" -m ")[1] for line in lines[:2]] == [
+    assert lines[0].endswith("make test-cuda") and lines[1].startswith("ABLATION_TEST_CUDA=1 ")
+    assert lines[1].endswith("tests/cuda")  # the GPU's own tests, with the GPUs shown to them
+    assert [line.split(" -m ")[1] for line in lines[2:4]] == [
         "ablation.bench --device cuda --variants original --profile",
         "ablation.bench --memory --device cuda",
     ]
-    assert "PYTEST_ARGS=-v" in lines[2] and lines[2].endswith("test PYTEST_ARGS=-v")
+    assert lines[4].endswith("test PYTEST_ARGS=-v")
 
 
 def test_make_test_fast_runs_the_tests_not_marked_slow_and_make_test_all() -> None:

@@ -6,9 +6,10 @@ those two skip and say why (under CI=true they fail).
 
 What must hold: nothing lost (every value of every run read back, step by step) and nothing misfiled (each
 run holds only its own worker's values, under its own name and tags, in the experiment it was created in).
-Each worker sends its steps as a job does, one ``log_batch`` per sync point (10 steps x 4 losses), with the
-MLflow client. Throughput and the server's peak memory are printed (``pytest -s``), not asserted: they
-depend on the machine.
+Each worker sends a ``log_batch`` of 10 steps x 4 losses at a time with the MLflow client, 100 requests as fast as
+the server takes them: a load well beyond a sweep's, whose jobs send a step's losses with their next heartbeat (every
+2 s, up to 1,000 values a request: ``ablation/store/runlog.py``). Throughput and the server's peak memory are printed
+(``pytest -s``), not asserted: they depend on the machine.
 """
 
 from __future__ import annotations

@@ -24,20 +24,21 @@ EMULATED_BF16 = () if native_bf16(torch.device("cpu")) else pytest.mark.slow
 
 
 @functools.cache  # the plain runs are shared by the cases that differ only in what is recomputed
-def run(spec: NetworkSpec, options: EngineOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every step's losses [STEPS + 1, 1, 4] and the final image of seed 0 on a 20x18 pair: small enough for a CPU
-    without native bf16 (torch's slow reference path: 40 s for a 40x36 pair), and still odd sides at pool2 to pool4
-    and 2x2 pixels at relu5_1."""
+def run(spec: NetworkSpec, options: EngineOptions, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Every step's losses [STEPS + 1, 1, 4] and the final image (on the CPU) of seed 0 on a 20x18 pair: small enough
+    for a CPU without native bf16 (torch's slow reference path: 40 s for a 40x36 pair), and still odd sides at pool2
+    to pool4 and 2x2 pixels at relu5_1. The same pair, weights and start on every ``device`` (drawn on the CPU)."""
     torch.manual_seed(0)
     h, w = 18, 20
     content, style = torch.rand(1, 3, h, w) * 255 - 120, torch.rand(1, 3, h + 4, w + 4) * 255 - 120
-    net = VGGFeatures(spec, random_weights(spec.arch, 0).convs, "relu5_1")
+    content, style = content.to(device), style.to(device)
+    net = VGGFeatures(spec, random_weights(spec.arch, 0).convs, "relu5_1").to(device)
     if options.channels_last:
         net = net.to(memory_format=torch.channels_last)
     targets = compute_targets(net, content, [style], LossWeights())
     state = new_state(initial_image(content, [0]))
     losses = torch.cat([torch.from_numpy(p.losses) for p in stylize(net, targets, state, STEPS, 1, 5, options)])
-    return losses, state.image.detach()
+    return losses, state.image.detach().cpu()
 
 
 @pytest.mark.parametrize(
