@@ -20,6 +20,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from ablation import job
 from ablation.engine import memory
 from ablation.engine.backends import configure_backends
 from ablation.engine.network import NetworkSpec
@@ -54,8 +55,6 @@ def test_checkpointed_steps_on_the_gpu_equal_the_plain_run(precision: str, chann
 
 
 def test_seeds_batched_on_the_gpu_end_where_each_alone_ends(store: str, tmp_path: Path) -> None:
-    from ablation import job
-
     overrides = on_cuda(run_overrides(tmp_path, 5))
     both = job.execute(config([*overrides, "run.seeds=[0,1]"]))["seed_results"]
     assert [r["batch_size"] for r in both] == [2, 2]  # one batch: the GPU's default
@@ -65,20 +64,16 @@ def test_seeds_batched_on_the_gpu_end_where_each_alone_ends(store: str, tmp_path
 
 
 def test_a_run_on_the_gpu_is_stored_as_one(store: str, tmp_path: Path) -> None:
-    from ablation import job
-
     results = job.execute(config(on_cuda(run_overrides(tmp_path, 3))))
-    run_ = MlflowClient(store).get_run(results["run_id"])
-    assert run_.info.status == "FINISHED"
-    assert run_.data.tags["hardware_class"] == f"cuda:{torch.cuda.get_device_name(0)}"
-    assert run_.data.tags["fingerprint"]
+    stored = MlflowClient(store).get_run(results["run_id"])
+    assert stored.info.status == "FINISHED"
+    assert stored.data.tags["hardware_class"] == f"cuda:{torch.cuda.get_device_name(0)}"
+    assert stored.data.tags["fingerprint"]
 
 
 def test_after_a_run_the_memory_check_sees_the_room_it_had(store: str, tmp_path: Path) -> None:
     """A 512 px run: cuDNN's tuning at that size took 33 GB of an H200's allocator. Afterwards the check's free
     memory is what it was before, less the tensors still allocated and 1 GiB for what CUDA's libraries keep."""
-    from ablation import job
-
     device = torch.device("cuda")
     before = memory.available_bytes(device)
     job.execute(config(on_cuda(run_overrides(tmp_path, 2)) + ["images.width=512", "judge.enabled=false"]))
