@@ -21,7 +21,7 @@ SWEEP ?=
 
 comma := ,
 space := $(subst ,, )
-.PHONY: help install demo test test-fast test-cuda lint ui server sweep report tune bench check-cuda slurm-up slurm-down postgres-up postgres-down
+.PHONY: help install demo test test-fast test-cuda lint ui server sweep report tune bench check-cuda bench-cuda memory-cuda slurm-up slurm-down postgres-up postgres-down
 help:  ## every target with what it does
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
 
@@ -108,12 +108,14 @@ test-cuda: install  ## the GPU's own tests (tests/cuda): the engine and a run on
 	ABLATION_TEST_CUDA=1 $(PY) -m pytest -q -v $(PYTEST_ARGS) tests/cuda
 
 # What a CUDA machine can tell that this project's CPUs cannot, most telling first, each stage's results kept if a
-# time limit stops the rest (bench.partial.json, memory.partial.json; -v names failing tests as they happen)
+# time limit stops the rest (bench.partial.json, memory.partial.json; -v names failing tests as they happen). make -k:
+# a stage that fails does not cost the GPU's time the stages after it; the status is non-zero if any failed.
 check-cuda: install  ## on a CUDA machine: make test-cuda, the CUDA bench of original (--profile), its memory table, make test
-	$(MAKE) test-cuda
+	$(MAKE) -k test-cuda bench-cuda memory-cuda test PYTEST_ARGS=-v
+bench-cuda: install  ## the CUDA bench of original with its profile (a stage of check-cuda)
 	$(PY) -m ablation.bench --device cuda --variants original --profile
+memory-cuda: install  ## the memory table on CUDA (a stage of check-cuda)
 	$(PY) -m ablation.bench --memory --device cuda
-	$(MAKE) test PYTEST_ARGS=-v
 
 slurm-up:  ## a one-node SLURM on this machine (installs slurm-wlm + munge if missing; root or sudo), then sinfo idle
 	.ci/slurm up
