@@ -116,11 +116,11 @@ def cuda_tuning_peak(spec: RunSpec, device: torch.device) -> float:
     """The peak of cuDNN's tuning, MiB: :func:`first_pass`'s, after which the peak is reset.
 
     CUDA runs set ``cudnn.benchmark``: the first call of each conv shape tries cuDNN's algorithms, each with the
-    workspace it asks for, through torch's allocator, up to what the device has free. On an H200 (139 GiB free)
-    that put ``max_memory_allocated`` at 33 GiB at 512 px and 132 GiB at 1024 and 2048 px, where the estimate is
-    0.6, 1.8 and 7 GiB: the tuning's peak is the device's, not the run's (an algorithm whose workspace does not fit
-    is skipped). With every shape tuned and the peak reset, the case's own prepare and steps read what the run
-    needs, the chosen algorithms' workspaces included."""
+    workspace it asks for, through torch's allocator, up to what the device has free. On an H200 (139 GiB free) that
+    put ``max_memory_allocated`` at 33,429 MiB at 512 px and 132,517-132,701 MiB at 1024 and 2048 px, where the
+    estimate is 0.6, 1.8 and 7 GiB: the tuning's peak is the device's, not the run's (an algorithm whose workspace
+    does not fit is skipped). With every shape tuned and the peak reset, the case's own prepare and steps read what
+    the run needs, the chosen algorithms' workspaces included."""
     first_pass(spec, device)
     peak = torch.cuda.max_memory_allocated(device) / MIB
     torch.cuda.empty_cache()

@@ -262,7 +262,7 @@ def available_bytes(device: torch.device) -> int | None:
     unused, else RAM available to this process (cgroup limit included, as under SLURM or Docker). None when it
     cannot be told (MPS shares RAM: RAM is used).
 
-    The allocator keeps freed blocks, cuDNN's tuning workspaces among them (on an H200 it held 130 GB after tuning
+    The allocator keeps freed blocks, cuDNN's tuning workspaces among them (on an H200 they took 132,517 MiB tuning
     1024 px convs), and the driver counts them as used. This process gets them back (the allocator frees its cache
     and retries before it reports out of memory), so the next job of a sweep run in the same process sees the
     room the first one had, rather than a fraction that would turn checkpointing on or refuse the run."""

@@ -36,7 +36,7 @@ def test_checkpointing_costs_its_steady_seconds_not_its_first_iteration() -> Non
 
 
 def test_on_cuda_the_peak_is_the_tuned_runs_and_the_first_pass_is_apart() -> None:
-    """cuDNN's tuning takes what the device has free (an H200: 132 GiB at 1024 px): the table compares the estimate
+    """cuDNN's tuning takes what the device has free (an H200: 132,517 MiB at 1024 px): the table compares the estimate
     with the peak after it, and gives the first pass's peak in a column of its own."""
     cases = [case(False, 0.2, 0.05, []) | {"before_mib": 0.0, "peak_mib": 1900.0, "tuning_peak_mib": 135_000.0}]
     text = render({"device_type": "cuda", "cases": cases, "widest": {}}, "an H200", "python -m ablation.bench --memory")

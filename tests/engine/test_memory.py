@@ -145,7 +145,7 @@ def test_a_run_too_wide_is_refused_with_the_widths_that_fit(
 
 def test_on_cuda_what_the_allocator_holds_unused_counts_as_free(monkeypatch: pytest.MonkeyPatch) -> None:
     """The driver's 9 GiB free plus the 120 of the 130 GiB torch's allocator holds that no tensor uses (cuDNN's
-    tuning leaves that much on an H200): 129 GiB. The CUDA calls are stood in for (this machine has no GPU);
+    tuning took 129 GiB of an H200): 129 GiB. The CUDA calls are stood in for (this machine has no GPU);
     tests/cuda checks the same on a GPU after a real run."""
     gib = 2**30
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (9 * gib, 141 * gib))
