@@ -125,11 +125,15 @@ def run_overrides(folder: Path, iterations: int = 6) -> list[str]:
     ]
 
 
+def replaced(base: Sequence[str], *overrides: str) -> list[str]:
+    """``base`` without the keys ``overrides`` set, then ``overrides``: Hydra refuses a key given twice."""
+    keys = {o.split("=")[0] for o in overrides}
+    return [o for o in base if o.split("=")[0] not in keys] + list(overrides)
+
+
 def sweep_command(sweep_dir: Path, *overrides: str) -> list[str]:
     """``python -m ablation.run -m`` with :data:`TINY` settings; ``overrides`` replace those with the same key."""
-    keys = {o.split("=")[0] for o in overrides}
-    tiny = [o for o in TINY if o.split("=")[0] not in keys]
-    return [PYTHON, "-m", "ablation.run", "-m", *tiny, f"hydra.sweep.dir={sweep_dir}", *overrides]
+    return [PYTHON, "-m", "ablation.run", "-m", *replaced(TINY, *overrides), f"hydra.sweep.dir={sweep_dir}"]
 
 
 def run_sweep(

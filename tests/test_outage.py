@@ -37,6 +37,7 @@ from tests.support import (
     free_port,
     job_records,
     not_here,
+    replaced,
     run_overrides,
     sqlite_store,
     start_server,
@@ -101,8 +102,7 @@ def sweep(folder: Path, uri: str, name: str, *overrides: str) -> subprocess.Pope
     """``python -m ablation.run -m`` with 16 px random-weight settings against ``uri`` (60 steps, a checkpoint every
     10; ``overrides`` replace those of the same key), records kept in ``folder/unsent``."""
     base = [*run_overrides(folder, 60), "run.sync_every=2", "run.checkpoint_every=10"]
-    keys = {o.split("=")[0] for o in overrides}
-    args = [o for o in base if o.split("=")[0] not in keys] + list(overrides)
+    args = replaced(base, *overrides)
     return subprocess.Popen(
         [PYTHON, "-m", "ablation.run", "-m", *args, f"hydra.sweep.dir={folder / name}",
          f"tracking.unsent_dir={folder / 'unsent'}"],

@@ -26,7 +26,7 @@ from ablation.engine.backends import configure_backends
 from ablation.engine.network import NetworkSpec
 from ablation.engine.transfer import EngineOptions
 from tests.engine.test_checkpointing import run
-from tests.support import config, run_overrides
+from tests.support import config, replaced, run_overrides
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a GPU: make test-cuda on a CUDA host (make test hides the GPUs)"
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(
 
 def on_cuda(overrides: list[str]) -> list[str]:
     """``run_overrides`` with the run moved to the GPU."""
-    return [o for o in overrides if not o.startswith("run.device=")] + ["run.device=cuda"]
+    return replaced(overrides, "run.device=cuda")
 
 
 def test_the_start_images_losses_on_the_gpu_equal_the_cpus() -> None:
