@@ -19,7 +19,13 @@ from ablation.bench.contenders import EngineRunner, engine_name, time_interleave
 from ablation.bench.probes import conv_peak_gflops, machine, matmul_peak_gflops
 from ablation.bench.settings import BenchError, Settings
 from ablation.bench.targets import check_targets
-from ablation.engine.backends import configure_backends, native_bf16, prefers_channels_last, set_layout
+from ablation.engine.backends import (
+    PRECISIONS,
+    configure_backends,
+    native_bf16,
+    prefers_channels_last,
+    set_layout,
+)
 from ablation.engine.hardware import synchronize
 from ablation.engine.prepare import Problem, prepare
 from ablation.engine.transfer import TOTAL, EngineOptions, new_state, stylize
@@ -134,9 +140,9 @@ def run_bench(
     device, started = torch.device(settings.device), time.perf_counter()
     default = EngineOptions(channels_last=prefers_channels_last(device))  # fp32 with run.channels_last=auto here
     results: dict[str, Any] = {"settings": asdict(settings), "machine": machine(device)}
-    layouts = {p: "nhwc" if prefers_channels_last(device, p) else "nchw" for p in settings.precisions}
-    results |= {"native_bf16": native_bf16(device), "default_layout": engine_name(default).split("/")[1]}
-    results["default_layouts"] = layouts
+    # the layout run.channels_last=auto gives each precision on this device
+    layouts = {p: engine_name(EngineOptions(p, prefers_channels_last(device, p))).split("/")[1] for p in PRECISIONS}
+    results |= {"native_bf16": native_bf16(device), "default_layouts": layouts}
     log(f"machine: {results['machine']}")
     results |= measure_peaks(settings, device)
     log("peak GF/s: " + ", ".join(f"{k} {v:.0f}" for k, v in results["peaks_gflops"].items()))

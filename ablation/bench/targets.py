@@ -33,13 +33,13 @@ def engine_row(rows: list[dict[str, Any]], width: int, contender: str) -> dict[s
 
 
 def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The CPU targets read the engine's default layout on this device (``default_layout``); bf16 only
+    """The CPU targets read each precision's default layout on this device (``default_layouts``); bf16 only
     where the CPU has native bf16; the GPU targets only from a CUDA run."""
-    rows, layout, native = results["rows"], results["default_layout"], results["native_bf16"]
+    rows, layouts, native = results["rows"], results["default_layouts"], results["native_bf16"]
     cpu = not results["machine"]["device"].startswith("cuda")
-    fp32 = engine_row(rows, CPU_SIZE_PX, f"fp32/{layout}") if cpu else None
-    bf16 = engine_row(rows, CPU_SIZE_PX, f"bf16/{layout}") if cpu and native else None
-    needs = f"a CPU run of original at {CPU_SIZE_PX} px with fp32/{layout} and the baselines"
+    fp32 = engine_row(rows, CPU_SIZE_PX, f"fp32/{layouts['fp32']}") if cpu else None
+    bf16 = engine_row(rows, CPU_SIZE_PX, f"bf16/{layouts['bf16']}") if cpu and native else None
+    needs = f"a CPU run of original at {CPU_SIZE_PX} px with fp32/{layouts['fp32']} and the baselines"
     no_bf16 = "" if native else "; this CPU has no native bf16"
     deviation = results.get("deviation") or {}
     at_target = deviation.get("iterations") == 300 and deviation.get("size_px") == 128 and native

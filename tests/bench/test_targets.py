@@ -14,7 +14,8 @@ def row(size_wh: str, contender: str, median_ms: float, speedup_strong=None, lim
 
 
 def results(device: str, native: bool, layout: str, rows: list, **extra) -> dict:
-    return {"machine": {"device": device}, "native_bf16": native, "default_layout": layout, "rows": rows, **extra}
+    layouts = dict.fromkeys(("fp32", "tf32", "bf16"), layout)
+    return {"machine": {"device": device}, "native_bf16": native, "default_layouts": layouts, "rows": rows, **extra}
 
 
 def verdicts(targets: list[dict]) -> list:
