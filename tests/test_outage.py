@@ -1,11 +1,12 @@
-"""A tracking server that goes away under a running sweep: stopped for a while, its database restarting under it, or
-away longer than ``run.tracking_outage_s``. Each runs ``make server`` and a real sweep in a subprocess, and then reads
-every step, heartbeat, checkpoint, image and job record back from the server. The database restarting runs on sqlite
-and on PostgreSQL: on sqlite the database is the server's own file, so the database restarting is the server process
-killed and started again; on PostgreSQL it is PostgreSQL itself stopped and started under the running server (a
-private one, on its own port and folder, so that no other test's database goes away). A server that is away, for a
-while or past the patience, is the client's outbox at work whatever database the server has: those run on sqlite only
-(each is over a minute of a busy CI machine).
+"""A tracking server that goes away under a running sweep: killed and away for a while, its database restarting under
+it, or away longer than ``run.tracking_outage_s``. Each runs ``make server`` and a real sweep in a subprocess, and then
+reads every step, heartbeat, checkpoint, image and job record back from the server. On sqlite the database is the
+server's own file, so the database restarting is the server process killed, its requests cut mid-way and the file left
+as a crash leaves it: the server killed and away for 10 s is that case and a 10 s outage at once. On PostgreSQL the
+database restarting is PostgreSQL itself stopped and started under the running server (a private one, on its own port
+and folder, so that no other test's database goes away). A server that is away, for a while or past the patience, is
+the client's outbox at work whatever database the server has: those run on sqlite only (each is over a minute of a
+busy CI machine).
 
 What the outbox promises (``ablation/store/outbox.py``): the runs keep computing while the server is away (steps whose
 time falls inside the outage); once it is back everything is stored, each step once; a run that finished meanwhile
@@ -160,19 +161,17 @@ class Server:
         stop_group(self.proc, sig=sig)
 
 
-def server_away_10_s(server: Server) -> None:
-    server.stop()
+def server_killed_and_away_10_s(server: Server) -> None:
+    """Requests cut mid-way and, on sqlite, the database file left as a crash leaves it; back 10 s later."""
+    server.stop(signal.SIGKILL)
     time.sleep(10)
     server.start()
 
 
 def database_restarts(server: Server) -> None:
-    """PostgreSQL stopped for 8 s under the running server; sqlite's server process killed and started at once."""
-    if server.backend.restart is not None:
-        server.backend.restart(8)
-    else:
-        server.stop(signal.SIGKILL)  # requests cut mid-way, the database file left as a crash leaves it
-        server.start()
+    """PostgreSQL stopped for 8 s under the running server."""
+    assert server.backend.restart is not None, "on sqlite the database is the server: server_killed_and_away_10_s"
+    server.backend.restart(8)
 
 
 def outage_case(tmp_path: Path, backend: Backend, interrupt: Callable[[Server], None], seeds: str) -> None:
@@ -216,12 +215,14 @@ SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 
 @SQLITE_ONLY
-def test_a_server_stopped_for_ten_seconds_mid_sweep_loses_nothing_and_stores_nothing_twice(
+def test_a_server_killed_and_away_ten_seconds_mid_sweep_loses_nothing_and_stores_nothing_twice(
     tmp_path: Path, backend: Backend
 ) -> None:
-    outage_case(tmp_path, backend, server_away_10_s, "0,1,2")
+    """On sqlite this is also the database restarting (see the module's docstring)."""
+    outage_case(tmp_path, backend, server_killed_and_away_10_s, "0,1,2")
 
 
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_the_database_restarting_under_a_running_server_loses_nothing(tmp_path: Path, backend: Backend) -> None:
     outage_case(tmp_path, backend, database_restarts, "0,1")
 
