@@ -28,9 +28,13 @@ from ablation.engine.transfer import TOTAL, EngineOptions, new_state, stylize
 from ablation.engine.weights import VGGWeights
 
 
+def layout_name(channels_last: bool) -> str:
+    """The bench's name of a memory layout: ``nhwc`` (channels-last) or ``nchw``."""
+    return "nhwc" if channels_last else "nchw"
+
+
 def engine_name(options: EngineOptions) -> str:
-    layout = "nhwc" if options.channels_last else "nchw"
-    return f"{options.precision}/{layout}" + ("/compile" if options.compile else "")
+    return f"{options.precision}/{layout_name(options.channels_last)}" + ("/compile" if options.compile else "")
 
 
 def held_tensors(problem: Problem) -> list[torch.Tensor]:

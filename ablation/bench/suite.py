@@ -15,17 +15,11 @@ import torch
 
 from ablation.bench.breakdown import profile_ms
 from ablation.bench.cases import bench_case, engine_options
-from ablation.bench.contenders import EngineRunner, engine_name, time_interleaved
+from ablation.bench.contenders import EngineRunner, engine_name, layout_name, time_interleaved
 from ablation.bench.probes import conv_peak_gflops, machine, matmul_peak_gflops
 from ablation.bench.settings import BenchError, Settings
 from ablation.bench.targets import check_targets
-from ablation.engine.backends import (
-    PRECISIONS,
-    configure_backends,
-    native_bf16,
-    prefers_channels_last,
-    set_layout,
-)
+from ablation.engine.backends import PRECISIONS, configure_backends, native_bf16, prefers_channels_last, set_layout
 from ablation.engine.hardware import synchronize
 from ablation.engine.prepare import Problem, prepare
 from ablation.engine.transfer import TOTAL, EngineOptions, new_state, stylize
@@ -141,7 +135,7 @@ def run_bench(
     default = EngineOptions(channels_last=prefers_channels_last(device))  # fp32 with run.channels_last=auto here
     results: dict[str, Any] = {"settings": asdict(settings), "machine": machine(device)}
     # the layout run.channels_last=auto gives each precision on this device
-    layouts = {p: engine_name(EngineOptions(p, prefers_channels_last(device, p))).split("/")[1] for p in PRECISIONS}
+    layouts = {p: layout_name(prefers_channels_last(device, p)) for p in PRECISIONS}
     results |= {"native_bf16": native_bf16(device), "default_layouts": layouts}
     log(f"machine: {results['machine']}")
     results |= measure_peaks(settings, device)
