@@ -191,6 +191,20 @@ def store(tmp_path, monkeypatch) -> str:
     return uri
 
 
+@pytest.fixture
+def fresh_calibration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No machine calibration kept, by this process or another (``job.MACHINE_REUSE_S``): the next job measures
+    its own. The kept one lives under ``XDG_CACHE_HOME``, which also moves torch's hub folder unless ``TORCH_HOME``
+    is set: the random weights' files stay where they are."""
+    import torch
+
+    from ablation import job
+
+    monkeypatch.setenv("TORCH_HOME", str(Path(torch.hub.get_dir()).parent))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(job, "_measured", {})
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Postgres:
     """The PostgreSQL of ``make postgres-up``; its tests skip without one (and fail under CI=true)."""

@@ -67,15 +67,13 @@ def test_calibration_is_logged_once_at_step_0(recorded_run):
 
 
 def test_a_job_reuses_a_machine_measurement_younger_than_a_minute(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, fresh_calibration: None
 ) -> None:
     """Short jobs of one process share one calibration, and so does the next process of this host (its own
     measurements empty, the kept file read); an older one is measured again (the real calibration, counted)."""
     calls: list[float] = []
     real = hardware.calibrate
     monkeypatch.setattr(hardware, "calibrate", lambda device: calls.append(real(device, min_s=0.05)) or calls[-1])
-    monkeypatch.setattr(job, "_measured", {})
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     cpu = torch.device("cpu")
     first, second = job.Machine.measure(cpu), job.Machine.measure(cpu)
     assert second is first and len(calls) == 1 and first.calibration_gflops == calls[0] > 0

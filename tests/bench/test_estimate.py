@@ -4,13 +4,11 @@ fingerprint, and (slow) a tiny sweep whose estimate is within 3x of what it took
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ablation import job
 from ablation.bench import cost
 from ablation.bench.estimate import SweepEstimate, estimate_sweep, stage_sizes
 from ablation.bench.flops import conv_plan, iteration_gflop
@@ -54,14 +52,11 @@ def test_the_estimate_says_what_is_reused_and_how_long_the_rest_takes():
     )
 
 
-def test_jobs_with_one_fingerprint_run_once(store, tmp_path, monkeypatch):
+def test_jobs_with_one_fingerprint_run_once(store, fresh_calibration):
     """Two conditions that a command-line width makes equal: the second job repeats the first's fingerprint.
 
     The machine is timed afresh here: a calibration another test or process kept 59 s ago would be reused by the
     estimate and be too old a second later for the job (``job.MACHINE_REUSE_S``), which then measures its own."""
-    monkeypatch.setenv("TORCH_HOME", str(Path(torch.hub.get_dir()).parent))  # the random weights stay where they are
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no calibration kept by another process
-    monkeypatch.setattr(job, "_measured", {})  # nor by this one
     tiny = ["weights=random", "images.width=32", "run.iterations=5", "experiment=conditions", "variant=original"]
     jobs = [[*tiny, "condition=base", "run.seed=0"], [*tiny, "condition=256px", "run.seed=0"]]
     composed = []
